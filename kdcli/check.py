@@ -1,0 +1,69 @@
+"""check: validate a profile and, where the checkpoints exist, run one batch through both models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdcli.errors import BadInput
+from kdcli.losses import build_losses, needs
+from kdcli.models import Adapter, detect_source, load_model
+from kdcli.profile import Profile, profile_json
+
+
+def load_teacher(profile: Profile) -> Adapter | None:
+    t = profile.teacher
+    if t is None:
+        return None
+    return load_model(t.source, t.path, profile.task, arch=t.arch, num_classes=t.num_classes)
+
+
+def load_student(profile: Profile, path: Path | None = None) -> Adapter:
+    path = Path(path or profile.student.path)
+    return load_model(detect_source(path), path, profile.task)
+
+
+def check_profile(profile: Profile) -> dict[str, Any]:
+    report: dict[str, Any] = {"profile": profile_json(profile), "teacher": None, "student": None, "losses": []}
+    teacher = student = None
+    if profile.teacher is not None:
+        if profile.teacher.path.exists():
+            teacher = load_teacher(profile)
+            report["teacher"] = _probe(teacher)
+        else:
+            report["teacher"] = {"loaded": False, "status": f"not found: {profile.teacher.path}"}
+    if profile.student.path.exists():
+        student = load_student(profile)
+        report["student"] = _probe(student)
+    else:
+        report["student"] = {"loaded": False, "status": f"not there yet: {profile.student.path} (run init-student)"}
+    if student is not None and (teacher is not None or not profile.needs_teacher()):
+        _check_heads(profile, student, teacher)
+        for stage in profile.stages():
+            for loss in build_losses(stage.losses, student, teacher):
+                report["losses"].append({"stage": stage.name, **loss.describe()})
+    return report
+
+
+def _probe(model: Adapter) -> dict[str, Any]:
+    with torch.inference_mode():
+        out = model.forward(model.example_batch(2), frozenset({"logits"}))
+    logits = out.logits if out.logits is not None else out.hidden_states[-1] if out.hidden_states else None
+    return {"loaded": True, "family": model.family, "architecture": type(model.module).__name__,
+            "layers": model.depth, "params": model.param_count(),
+            "logits_shape": list(logits.shape) if logits is not None else None}
+
+
+def _check_heads(profile: Profile, student: Adapter, teacher: Adapter | None) -> None:
+    """Response losses compare logits class by class: both heads must have the same classes."""
+    response = {"hinton", "dkd"} & {loss.kind for loss in profile.loss_specs()}
+    if teacher is None or not response or student.num_labels == teacher.num_labels:
+        return
+    raise BadInput(f"the student has {student.num_labels} output classes and the teacher {teacher.num_labels}; "
+                   f"{', '.join(sorted(response))} compare them one to one",
+                   hint="re-run init-student from this teacher, or drop the response losses")
+
+
+__all__ = ["check_profile", "load_student", "load_teacher", "needs"]

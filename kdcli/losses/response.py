@@ -1,0 +1,69 @@
+"""Response-based losses: match the teacher's outputs (logits), or the labels."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdcli.errors import BadInput
+from kdcli.losses import functional as KF
+from kdcli.losses.base import DistillLoss
+from kdcli.models.base import Outputs
+
+
+def _labels(batch: dict[str, Tensor], kind: str) -> Tensor:
+    if "labels" not in batch:
+        raise BadInput(f"loss '{kind}' needs labels, and this data has none",
+                       hint="set data.label_column, or drop the loss")
+    return batch["labels"]
+
+
+class CrossEntropy(DistillLoss):
+    """Hard-label cross entropy (ignore_index -100). YAML: `- {kind: ce, weight: 0.1}`"""
+
+    kind = "ce"
+    student_needs = frozenset({"logits"})
+    uses_labels = True
+
+    def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> Tensor:
+        logits = student.logits
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), _labels(batch, self.kind).reshape(-1),
+                               ignore_index=-100, label_smoothing=self.spec.label_smoothing)
+
+
+class Hinton(DistillLoss):
+    """KL(softmax(t/T) || softmax(s/T)) · T² (Hinton et al. 2015).
+    YAML: `- {kind: hinton, weight: 0.9, temperature: 4.0}`"""
+
+    kind = "hinton"
+    student_needs = teacher_needs = frozenset({"logits"})
+
+    def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> Tensor:
+        mask = batch.get("attention_mask") if student.logits.dim() == 3 else None
+        return KF.hinton_kd(student.logits, teacher.logits, self.spec.temperature, mask=mask)
+
+
+class Dkd(DistillLoss):
+    """Decoupled KD: α·TCKD + β·NCKD (Zhao et al. 2022).
+    YAML: `- {kind: dkd, alpha: 1.0, beta: 8.0, temperature: 4.0}`"""
+
+    kind = "dkd"
+    student_needs = teacher_needs = frozenset({"logits"})
+    uses_labels = True
+
+    def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> Tensor:
+        s = self.spec
+        return KF.dkd(student.logits, teacher.logits, _labels(batch, self.kind), s.alpha, s.beta, s.temperature)
+
+
+class MaskedLM(DistillLoss):
+    """Masked-LM cross entropy on the masked positions (DistilBERT's L_mlm); the loop masks the
+    input (15%, 80/10/10) for teacher and student alike. YAML: `- {kind: mlm, weight: 2.0}`"""
+
+    kind = "mlm"
+    student_needs = frozenset({"logits"})
+
+    def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> Tensor:
+        logits = student.logits
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["mlm_labels"].reshape(-1),
+                               ignore_index=-100)

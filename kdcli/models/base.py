@@ -1,0 +1,92 @@
+"""The one view of a model that every loss sees, whatever ecosystem the model comes from."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+# What a loss may ask of a model's forward pass; adapters compute only the fields asked for.
+NEEDS = frozenset({"logits", "hidden_states", "attentions", "attention_scores", "features", "embedding"})
+
+
+@dataclass
+class Outputs:
+    logits: Tensor | None = None                    # [B, C] or [B, L, V]
+    hidden_states: tuple[Tensor, ...] = ()          # 0 = embedding output, i = output of layer i
+    attentions: tuple[Tensor, ...] = ()             # post-softmax [B, H, L, L] per layer
+    attention_scores: tuple[Tensor, ...] = ()       # pre-softmax, mask added (TinyBERT)
+    features: tuple[Tensor, ...] = ()               # vision: per-stage maps [B, C, H, W]
+    embedding: Tensor | None = None                 # pooled vector [B, D]
+    attention_mask: Tensor | None = None
+
+    def detach(self) -> "Outputs":
+        def d(x: Any) -> Any:
+            if isinstance(x, Tensor):
+                return x.detach()
+            if isinstance(x, tuple):
+                return tuple(t.detach() for t in x)
+            return x
+        return Outputs(**{k: d(v) for k, v in self.__dict__.items()})
+
+
+class Adapter(ABC):
+    """Wraps one nn.Module from one ecosystem (transformers, timm)."""
+
+    family: str
+    module: nn.Module
+
+    @property
+    @abstractmethod
+    def depth(self) -> int:
+        """Number of layers (transformers) or feature stages (timm) a layer map may index."""
+
+    @abstractmethod
+    def width(self, index: int) -> int:
+        """Feature width of layer/stage `index` (hidden size or channels)."""
+
+    @abstractmethod
+    def forward(self, batch: dict[str, Tensor], needs: frozenset[str] = frozenset({"logits"})) -> Outputs:
+        """Run the model on a collated batch and fill the requested Outputs fields."""
+
+    @abstractmethod
+    def save(self, directory: Path) -> None:
+        """Write the model alone, in its ecosystem's format, so that it loads without kdcli."""
+
+    @abstractmethod
+    def example_batch(self, batch_size: int = 2) -> dict[str, Tensor]:
+        """A small valid input batch, for checks and export."""
+
+    @property
+    def num_labels(self) -> int | None:
+        return None
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return None
+
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def to(self, device: torch.device | str) -> "Adapter":
+        self.module.to(device)
+        return self
+
+
+def mean_pool(hidden: Tensor, mask: Tensor | None) -> Tensor:
+    """Mask-aware mean over tokens (sentence-transformers' pooling)."""
+    if mask is None:
+        return hidden.mean(1)
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+
+
+def dir_size(path: Path) -> int:
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

@@ -1,0 +1,204 @@
+"""transformers adapter: a local save_pretrained folder, loaded into the task's Auto class."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+from transformers import (AttentionInterface, AutoConfig, AutoModel, AutoModelForMaskedLM,
+                          AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel)
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from kdcli.errors import CheckpointError
+from kdcli.io import atomic_path
+from kdcli.models.base import Adapter, Outputs, mean_pool
+
+AUTO_CLASSES = {
+    "sequence-classification": AutoModelForSequenceClassification,
+    "masked-lm": AutoModelForMaskedLM,
+    "embedding": AutoModel,
+}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+# Pre-softmax scores (TinyBERT) are recorded by an attention function registered with transformers,
+# so no model code is patched; the recorder is a context variable, so concurrent models don't mix.
+_SCORES: ContextVar[list[Tensor] | None] = ContextVar("kdcli_attention_scores", default=None)
+SCORES_ATTENTION = "kdcli_scores"
+
+
+def _recording_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                         attention_mask: Tensor | None, scaling: float | None = None,
+                         dropout: float = 0.0, **kwargs: object) -> tuple[Tensor, Tensor]:
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+    recorder = _SCORES.get()
+    if recorder is not None:
+        recorder.append(scores)
+    probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+AttentionInterface.register(SCORES_ATTENTION, _recording_attention)
+AttentionMaskInterface.register(SCORES_ATTENTION, eager_mask)
+
+
+@contextmanager
+def record_attention_scores() -> Iterator[list[Tensor]]:
+    scores: list[Tensor] = []
+    token = _SCORES.set(scores)
+    try:
+        yield scores
+    finally:
+        _SCORES.reset(token)
+
+
+class HFAdapter(Adapter):
+    family = "transformers"
+
+    def __init__(self, model: PreTrainedModel, tokenizer: object | None, task: str, path: Path | None = None):
+        self.module = model
+        self.tokenizer = tokenizer
+        self.task = task
+        self.path = path
+        self._attention = "sdpa"
+
+    @property
+    def config(self):  # noqa: ANN201 - a transformers PretrainedConfig
+        return self.module.config
+
+    @property
+    def depth(self) -> int:
+        return int(getattr(self.config, "num_hidden_layers", None) or self.config.n_layers)
+
+    def width(self, index: int) -> int:
+        return int(getattr(self.config, "hidden_size", None) or self.config.dim)
+
+    @property
+    def num_labels(self) -> int | None:
+        return self.config.num_labels if self.task == "sequence-classification" else None
+
+    @property
+    def label_names(self) -> list[str] | None:
+        if self.num_labels is None:
+            return None
+        return [str(self.config.id2label.get(i, i)) for i in range(self.num_labels)]
+
+    def label2id(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in (self.config.label2id or {}).items()}
+
+    def use_attention(self, needs: frozenset[str]) -> None:
+        """Switch to the attention kernel that can give what the losses need (sdpa when nothing)."""
+        wanted = SCORES_ATTENTION if "attention_scores" in needs else "eager" if "attentions" in needs else "sdpa"
+        if wanted != self._attention:
+            self.module.set_attn_implementation(wanted)
+            self._attention = wanted
+
+    def forward(self, batch: dict[str, Tensor], needs: frozenset[str] = frozenset({"logits"})) -> Outputs:
+        self.use_attention(needs | ({"attentions"} if self._attention == "eager" else set()))
+        mask = batch.get("attention_mask")
+        want_hidden = bool({"hidden_states", "embedding"} & needs) and self.task != "embedding"
+        with record_attention_scores() as scores:
+            out = self.module(input_ids=batch["input_ids"], attention_mask=mask,
+                              output_hidden_states=want_hidden or "hidden_states" in needs,
+                              output_attentions="attentions" in needs)
+        hidden = tuple(out.hidden_states or ())
+        last = out.last_hidden_state if self.task == "embedding" else (hidden[-1] if hidden else None)
+        return Outputs(
+            logits=getattr(out, "logits", None),
+            hidden_states=hidden,
+            attentions=tuple(out.attentions or ()) if "attentions" in needs else (),
+            attention_scores=tuple(scores),
+            embedding=mean_pool(last, mask) if "embedding" in needs and last is not None else None,
+            attention_mask=mask,
+        )
+
+    def save(self, directory: Path) -> None:
+        with atomic_path(Path(directory)) as tmp:
+            self.module.save_pretrained(tmp, safe_serialization=True)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(tmp)
+
+    def example_batch(self, batch_size: int = 2, seq_len: int = 8) -> dict[str, Tensor]:
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(5, min(self.config.vocab_size, 1000), (batch_size, seq_len), generator=generator)
+        mask = torch.ones_like(ids)
+        mask[1:, seq_len // 2:] = 0
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head: bool = False) -> HFAdapter:
+    """Load a local save_pretrained folder for `task`; never runs remote code, never touches a hub."""
+    path = Path(path)
+    _check_folder(path)
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for a bad config
+        raise CheckpointError(f"{path}/config.json: cannot read the model config: {_first_line(exc)}",
+                              hint="the folder should come from save_pretrained()") from None
+    kwargs = {"num_labels": num_labels} if num_labels and task == "sequence-classification" else {}
+    try:
+        model, info = AUTO_CLASSES[task].from_pretrained(
+            path, config=config, local_files_only=True, trust_remote_code=False, attn_implementation="sdpa",
+            output_loading_info=True, **kwargs)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise CheckpointError(f"{path}: model type '{config.model_type}' has no {task} head in transformers",
+                                  hint="pick a task that fits the checkpoint (profile field `task`)") from None
+        raise CheckpointError(f"{path}: cannot load the weights: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors/torch raise many types for torn files
+        raise CheckpointError(f"{path}: cannot load the weights: {_first_line(exc)}",
+                              hint="the weights file may be truncated or belong to another config") from None
+    if info.get("missing_keys") and not allow_new_head:
+        missing = sorted(info["missing_keys"])
+        raise CheckpointError(f"{path}: the checkpoint lacks weights the {task} model needs: {', '.join(missing[:4])}",
+                              hint="a teacher must be trained for its task; check the profile's `task`")
+    model.eval()
+    return HFAdapter(model, _load_tokenizer(path), task, path)
+
+
+def _check_folder(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}",
+                              hint="teacher.path/student.path point at a save_pretrained folder")
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: not a transformers checkpoint folder (no config.json)",
+                              hint="save the model with model.save_pretrained(folder)")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise CheckpointError(f"{path}: no weights file ({', '.join(WEIGHT_FILES[::2])})",
+                              hint="save the model with model.save_pretrained(folder)")
+
+
+def _load_tokenizer(path: Path) -> object | None:
+    files = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json")
+    if not any((path / name).is_file() for name in files):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot load the tokenizer: {_first_line(exc)}") from None
+
+
+def copy_tokenizer_files(source: Path, target: Path) -> None:
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                 "special_tokens_map.json"):
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def read_config(path: Path) -> dict:
+    return json.loads((Path(path) / "config.json").read_text())

@@ -1,0 +1,213 @@
+"""init-student: derive a smaller student from the teacher, weights copied bit for bit."""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (DistilBertConfig, DistilBertForMaskedLM, DistilBertForSequenceClassification,
+                          DistilBertModel, PreTrainedModel)
+
+from kdcli.errors import BadInput
+from kdcli.layermap import select_layers
+from kdcli.models import Adapter, dir_size, load_model
+from kdcli.models.hf import HFAdapter
+from kdcli.models.timm import TimmAdapter, create
+from kdcli.profile import Profile, StudentInit
+
+LAYER_KEY = re.compile(r"(encoder\.layer|blocks)\.(\d+)\.")
+DISTILBERT_CLASSES = {"sequence-classification": DistilBertForSequenceClassification,
+                      "masked-lm": DistilBertForMaskedLM, "embedding": DistilBertModel}
+
+
+@dataclass
+class InitReport:
+    teacher: dict[str, Any]
+    student: dict[str, Any]
+    layer_map: list[int]                      # student layer i came from teacher layer layer_map[i]
+    dropped: list[str] = field(default_factory=list)
+    copied_tensors: int = 0
+    output_dir: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def init_student(profile: Profile) -> InitReport:
+    """Build the student the profile describes from its teacher and save it to student.path."""
+    if profile.teacher is None:
+        raise BadInput("init-student needs a teacher: the profile has no `teacher:` section")
+    t = profile.teacher
+    teacher = load_model(t.source, t.path, profile.task, arch=t.arch, num_classes=t.num_classes)
+    init = profile.student.init
+    if isinstance(teacher, HFAdapter):
+        student, layers, copied = shrink_transformer(teacher, init, profile.task)
+    else:
+        student, layers, copied = shrink_timm(teacher, init)
+    out = profile.student.path
+    student.save(out)
+    return InitReport(
+        teacher=_describe(teacher, teacher.path), student=_describe(student, out), layer_map=layers,
+        dropped=list(init.drop), copied_tensors=copied, output_dir=str(out))
+
+
+def _describe(adapter: Adapter, path: Path | None) -> dict[str, Any]:
+    return {"family": adapter.family, "architecture": type(adapter.module).__name__, "layers": adapter.depth,
+            "params": adapter.param_count(), "size_bytes": dir_size(path) if path else None,
+            "path": str(path) if path else None}
+
+
+# --- transformers -------------------------------------------------------------------------------
+
+
+def shrink_transformer(teacher: HFAdapter, init: StudentInit, task: str) -> tuple[HFAdapter, list[int], int]:
+    model = teacher.module
+    if not hasattr(model.base_model, "encoder") or not hasattr(model.base_model.encoder, "layer"):
+        raise BadInput(f"init-student: {type(model).__name__} is not a BERT-style encoder (no encoder.layer list)",
+                       hint="transformers teachers supported: BERT, RoBERTa and alike; or build the student yourself")
+    layers = select_layers(init.layers, teacher.depth)
+    state = _renumber(model.state_dict(), layers)
+    if init.architecture == "distilbert":
+        student = _to_distilbert(model, state, len(layers), task)
+    elif init.architecture == "same":
+        student = _same_arch(model, state, len(layers), init.drop, task)
+    else:
+        raise BadInput(f"student.init.architecture: '{init.architecture}' is not a transformers target",
+                       hint="use same or distilbert")
+    copied = len(student.state_dict())
+    return HFAdapter(student.eval(), teacher.tokenizer, task), layers, copied
+
+
+def _renumber(state: dict[str, torch.Tensor], layers: list[int]) -> dict[str, torch.Tensor]:
+    """Keep the chosen layers, renumbered 0..k-1; everything else as it is (cloned)."""
+    kept: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        match = LAYER_KEY.search(key)
+        if match is None:
+            kept[key] = value.clone()
+        elif int(match[2]) in layers:
+            new_index = layers.index(int(match[2]))
+            kept[key[: match.start()] + f"{match[1]}.{new_index}." + key[match.end():]] = value.clone()
+    return kept
+
+
+def _fold_token_types(state: dict[str, torch.Tensor], prefix: str) -> None:
+    """Add the type-0 row to the position table: equal outputs on single-segment input, one table less."""
+    types = state[f"{prefix}embeddings.token_type_embeddings.weight"]
+    state[f"{prefix}embeddings.position_embeddings.weight"] += types[0]
+    state[f"{prefix}embeddings.token_type_embeddings.weight"] = torch.zeros_like(types[:1])
+
+
+def _same_arch(model: PreTrainedModel, state: dict, depth: int, drop: list[str], task: str) -> PreTrainedModel:
+    config = copy.deepcopy(model.config)
+    config.num_hidden_layers = depth
+    prefix = _base_prefix(model)
+    kwargs: dict[str, Any] = {}
+    if "token_type_embeddings" in drop:
+        _fold_token_types(state, prefix)
+        config.type_vocab_size = 1
+    if "pooler" in drop and any(k.startswith(f"{prefix}pooler.") for k in state):
+        if task == "sequence-classification":
+            raise BadInput("student.init.drop: the pooler feeds this model's classifier head",
+                           hint="keep the pooler, or use architecture: distilbert")
+        state = {k: v for k, v in state.items() if not k.startswith(f"{prefix}pooler.")}
+        kwargs["add_pooling_layer"] = False
+    student = type(model)(config, **kwargs)
+    student.load_state_dict(state, strict=True)
+    return student
+
+
+def _to_distilbert(model: PreTrainedModel, state: dict, depth: int, task: str) -> PreTrainedModel:
+    """A BERT teacher as a DistilBERT student, renaming tensors as HF's extract_distilbert.py does."""
+    c = model.config
+    if c.model_type != "bert":
+        raise BadInput(f"architecture: distilbert converts BERT teachers; this one is '{c.model_type}'",
+                       hint="use architecture: same")
+    config = DistilBertConfig(
+        vocab_size=c.vocab_size, max_position_embeddings=c.max_position_embeddings, n_layers=depth,
+        n_heads=c.num_attention_heads, dim=c.hidden_size, hidden_dim=c.intermediate_size,
+        dropout=c.hidden_dropout_prob, attention_dropout=c.attention_probs_dropout_prob,
+        activation=c.hidden_act, initializer_range=c.initializer_range, pad_token_id=c.pad_token_id,
+        id2label=c.id2label, label2id=c.label2id)
+    prefix = _base_prefix(model)
+    _fold_token_types(state, prefix)  # DistilBERT has no token-type table: type 0 lives in the positions
+    target = "distilbert." if task != "embedding" else ""
+    new = {target + _distil_name(k[len(prefix):]): v for k, v in state.items()
+           if k.startswith(prefix) and _distil_name(k[len(prefix):])}
+    new.update(_distil_head(state, task))
+    student = DISTILBERT_CLASSES[task](config)
+    missing, unexpected = student.load_state_dict(new, strict=False)
+    if unexpected:
+        raise BadInput(f"init-student: cannot place teacher tensors in DistilBERT: {unexpected[:3]}")
+    return student
+
+
+_DISTIL_RENAMES = [
+    ("attention.self.query.", "attention.q_lin."), ("attention.self.key.", "attention.k_lin."),
+    ("attention.self.value.", "attention.v_lin."), ("attention.output.dense.", "attention.out_lin."),
+    ("attention.output.LayerNorm.", "sa_layer_norm."), ("intermediate.dense.", "ffn.lin1."),
+    ("output.dense.", "ffn.lin2."), ("output.LayerNorm.", "output_layer_norm."),
+]
+
+
+def _distil_name(name: str) -> str | None:
+    if name.startswith("embeddings.") and "token_type" not in name and "position_ids" not in name:
+        return name
+    if name.startswith("encoder.layer."):
+        name = name.replace("encoder.layer.", "transformer.layer.", 1)
+        for old, new in _DISTIL_RENAMES:
+            if old in name:
+                return name.replace(old, new, 1)
+    return None
+
+
+def _distil_head(state: dict, task: str) -> dict[str, torch.Tensor]:
+    pairs = {
+        "sequence-classification": [("bert.pooler.dense.", "pre_classifier."), ("classifier.", "classifier.")],
+        "masked-lm": [("cls.predictions.transform.dense.", "vocab_transform."),
+                      ("cls.predictions.transform.LayerNorm.", "vocab_layer_norm."),
+                      ("cls.predictions.decoder.weight", "vocab_projector.weight"),
+                      ("cls.predictions.bias", "vocab_projector.bias")],
+    }.get(task, [])
+    return {key.replace(old, new, 1): value for old, new in pairs for key, value in state.items()
+            if key.startswith(old)}
+
+
+def _base_prefix(model: PreTrainedModel) -> str:
+    return "" if model.base_model is model else f"{model.base_model_prefix}."
+
+
+# --- timm -----------------------------------------------------------------------------------------
+
+
+def shrink_timm(teacher: TimmAdapter, init: StudentInit) -> tuple[TimmAdapter, list[int], int]:
+    model = teacher.module
+    if init.architecture == "same":
+        blocks = getattr(model, "blocks", None)
+        if not isinstance(blocks, nn.Sequential):
+            raise BadInput(f"init-student: timm '{teacher.arch}' has no `blocks` list to cut",
+                           hint="set student.init.architecture to a smaller timm arch (e.g. resnet10t)")
+        layers = select_layers(init.layers, len(blocks))
+        args = {**teacher.model_args, "depth": len(layers)}
+        student = create(teacher.arch, **args)
+        state = _renumber(model.state_dict(), layers)
+        student.load_state_dict(state, strict=True)
+        return TimmAdapter(student.eval(), teacher.arch, args, class_names=teacher.class_names), layers, len(state)
+    args = {k: v for k, v in teacher.model_args.items() if k in ("num_classes", "img_size", "in_chans")}
+    student = create(init.architecture, **args)
+    copied = _copy_matching(model.state_dict(), student)
+    return TimmAdapter(student.eval(), init.architecture, args, class_names=teacher.class_names), [], copied
+
+
+def _copy_matching(source: dict[str, torch.Tensor], target: nn.Module) -> int:
+    """Copy every tensor whose name and shape match (stem, head); the rest keeps timm's init."""
+    state = target.state_dict()
+    matched = {k: v.clone() for k, v in source.items() if k in state and state[k].shape == v.shape}
+    state.update(matched)
+    target.load_state_dict(state)
+    return len(matched)
