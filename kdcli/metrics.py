@@ -1,0 +1,95 @@
+"""Metrics over a split: the task metric of one model, and how closely a student follows its teacher."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdcli.batches import Split, to_device
+from kdcli.models import Adapter
+
+# Which metric decides "best" during training, per task (higher is better).
+PRIMARY = {"sequence-classification": "accuracy", "image-classification": "accuracy",
+           "embedding": "cosine_to_teacher", "masked-lm": "mlm_accuracy"}
+
+Forward = Callable[[dict[str, Tensor]], Tensor]
+
+
+def outputs_of(model: Adapter, task: str) -> Forward:
+    """The tensor a model is judged on: logits, or the pooled embedding for embedding models."""
+    need = frozenset({"embedding"}) if task == "embedding" else frozenset({"logits"})
+
+    def run(batch: dict[str, Tensor]) -> Tensor:
+        out = model.forward(batch, need)
+        return out.embedding if task == "embedding" else out.logits
+    return run
+
+
+@torch.inference_mode()
+def collect(forward: Forward, split: Split, batch_size: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """Run a model over a split in order; return its outputs [N, ...] (float32, CPU) and the labels."""
+    outs, labels = [], []
+    for batch in split.batches(batch_size):
+        labels.append(batch.get("labels"))
+        out = forward(to_device(batch, device)).float().cpu()
+        if out.dim() == 3:  # per-token logits: keep the first token, enough for agreement statistics
+            out = out[:, 0]
+        outs.append(out)
+    have_labels = all(lab is not None for lab in labels)
+    return torch.cat(outs), torch.cat(labels) if have_labels and labels else None
+
+
+def task_metrics(outputs: Tensor, labels: Tensor | None) -> dict[str, float]:
+    if labels is None or outputs.dim() != 2 or labels.dim() != 1:
+        return {}
+    pred = outputs.argmax(-1)
+    return {"accuracy": (pred == labels).float().mean().item(), "macro_f1": macro_f1(pred, labels)}
+
+
+def macro_f1(pred: Tensor, labels: Tensor) -> float:
+    scores = []
+    for c in torch.unique(torch.cat([pred, labels])):
+        tp = ((pred == c) & (labels == c)).sum().item()
+        fp = ((pred == c) & (labels != c)).sum().item()
+        fn = ((pred != c) & (labels == c)).sum().item()
+        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(sum(scores) / len(scores)) if scores else 0.0
+
+
+def agreement(student: Tensor, teacher: Tensor, task: str) -> dict[str, float]:
+    """Classification: top-1 agreement and mean KL(teacher || student). Embeddings: mean cosine and
+    nearest-neighbour agreement (does each sample's nearest other sample stay the same)."""
+    if task == "embedding":
+        cos = F.cosine_similarity(student, teacher, dim=-1).mean().item()
+        return {"cosine_to_teacher": cos, "nn_agreement": _nn_agreement(student, teacher)}
+    kl = F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True,
+                  reduction="batchmean").item()
+    return {"top1": (student.argmax(-1) == teacher.argmax(-1)).float().mean().item(), "kl": kl}
+
+
+def _nn_agreement(student: Tensor, teacher: Tensor) -> float:
+    if len(student) < 3:
+        return 1.0
+
+    def nearest(x: Tensor) -> Tensor:
+        x = F.normalize(x, dim=-1)
+        sim = x @ x.T
+        sim.fill_diagonal_(-2.0)
+        return sim.argmax(-1)
+    return (nearest(student) == nearest(teacher)).float().mean().item()
+
+
+def evaluate_pair(student: Adapter, teacher: Adapter | None, split: Split, task: str, batch_size: int,
+                  device: torch.device, teacher_outputs: Tensor | None = None) -> dict[str, Any]:
+    """The metrics used during training: the student's task metric and its agreement with the teacher."""
+    s_out, labels = collect(outputs_of(student, task), split, batch_size, device)
+    result: dict[str, Any] = dict(task_metrics(s_out, labels))
+    if teacher is not None or teacher_outputs is not None:
+        if teacher_outputs is None:
+            teacher_outputs, _ = collect(outputs_of(teacher, task), split, batch_size, device)
+        agree = agreement(s_out, teacher_outputs, task)
+        result.update(agree if task == "embedding" else {f"agreement_{k}": v for k, v in agree.items()})
+    return result
