@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m examples.demo
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/demo.sh
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -22,7 +22,8 @@ def load_teacher(profile: Profile) -> Adapter | None:
 
 def load_student(profile: Profile, path: Path | None = None) -> Adapter:
     path = Path(path or profile.student.path)
-    return load_model(detect_source(path), path, profile.task)
+    # A student may start without a head (an encoder fine-tuned from labels): timm/transformers init it.
+    return load_model(detect_source(path), path, profile.task, allow_new_head=True)
 
 
 def check_profile(profile: Profile) -> dict[str, Any]:

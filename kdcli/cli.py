@@ -18,7 +18,7 @@ import typer
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: checkpoints are local files
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from kdcli.console import err, human_bytes, print_json, table  # noqa: E402
+from kdcli.console import err, human_bytes, print_json, progress, table  # noqa: E402
 from kdcli.errors import KdcliError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -127,7 +127,21 @@ def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False
                 resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
                 ) -> None:
     """Train the student against the frozen teacher."""
-    _not_built("distill", "the training loop")
+    from kdcli.train import distill
+    with progress(quiet) as bar:
+        task = bar.add_task("distill", total=None, info="")
+
+        def on_step(record: dict) -> None:
+            bar.update(task, completed=record["step"], total=record["total_steps"],
+                       description=f"distill [{record['stage']}]",
+                       info=f"loss {record['loss']:.4f} · {record['samples_per_s']:.0f} samples/s")
+        summary = distill(_load(profile, set_), resume=resume, on_step=on_step)
+    if json_:
+        print_json(summary)
+        return
+    err.print(f"[green]done[/]: student written to {summary['student']}")
+    if summary["eval"]:
+        err.print(table("eval (student)", ["metric", "value"], summary["eval"].items()))
 
 
 @command("pseudo-label")
@@ -138,9 +152,33 @@ def pseudo_label_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = 
 
 
 @command("evaluate")
-def evaluate_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
-    """Teacher and student side by side: accuracy, agreement, retention, size."""
-    _not_built("evaluate", "evaluation and CI gates")
+def evaluate_cmd(
+    profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False,
+    model: Annotated[str, typer.Option(help="student, teacher, a checkpoint folder or an .onnx file.")] = "student",
+    output: Annotated[Optional[Path], typer.Option(help="Where to write the report (default RUN/eval.json).")] = None,
+    min_retention: Annotated[Optional[float], typer.Option(help="Gate: exit 1 below this retention.")] = None,
+    min_metric: Annotated[Optional[float], typer.Option(help="Gate: exit 1 below this metric.")] = None,
+    max_kl: Annotated[Optional[float], typer.Option(help="Gate: exit 1 above this teacher-student KL.")] = None,
+) -> None:
+    """Teacher and student side by side: accuracy, agreement, retention, size, speed; CI gates."""
+    from kdcli.evaluate import Gates, check_gates, evaluate
+    loaded = _load(profile, set_)
+    report = evaluate(loaded, model, output)
+    if json_:
+        print_json({**report, "output_dir": str(loaded.output)})
+    else:
+        _print_eval(report)
+    check_gates(report, Gates(min_retention, min_metric, max_kl))
+
+
+def _print_eval(report: dict) -> None:
+    rows = [[name, report["teacher_metrics"].get(name), value] for name, value in report["metrics"].items()]
+    rows += [[f"agreement {k}", None, v] for k, v in report["agreement"].items()]
+    rows += [["retention", None, report["retention"]],
+             ["parameters", report["params"]["teacher"], report["params"]["student"]],
+             ["size", human_bytes(report["size_bytes"]["teacher"]), human_bytes(report["size_bytes"]["student"])],
+             ["samples/s", report["samples_per_s"]["teacher"], report["samples_per_s"]["student"]]]
+    err.print(table(f"evaluate: {report['model']} on {report['samples']} samples", ["", "teacher", "student"], rows))
 
 
 @command("export")

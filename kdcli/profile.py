@@ -39,6 +39,8 @@ class StudentInit(Strict):
     )
     drop: list[Literal["token_type_embeddings", "pooler"]] = []
     architecture: str = Field("same", description="same | distilbert (transformers); a timm arch name")
+    num_classes: int | None = Field(None, ge=1, description="timm student built without a teacher")
+    model_args: dict[str, Any] = Field({}, description="extra timm create_model arguments (drop_path_rate, ...)")
 
 
 class StudentSpec(Strict):

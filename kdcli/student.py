@@ -40,11 +40,11 @@ class InitReport:
 
 def init_student(profile: Profile) -> InitReport:
     """Build the student the profile describes from its teacher and save it to student.path."""
+    init = profile.student.init
     if profile.teacher is None:
-        raise BadInput("init-student needs a teacher: the profile has no `teacher:` section")
+        return _fresh_student(profile)
     t = profile.teacher
     teacher = load_model(t.source, t.path, profile.task, arch=t.arch, num_classes=t.num_classes)
-    init = profile.student.init
     if isinstance(teacher, HFAdapter):
         student, layers, copied = shrink_transformer(teacher, init, profile.task)
     else:
@@ -54,6 +54,20 @@ def init_student(profile: Profile) -> InitReport:
     return InitReport(
         teacher=_describe(teacher, teacher.path), student=_describe(student, out), layer_map=layers,
         dropped=list(init.drop), copied_tensors=copied, output_dir=str(out))
+
+
+def _fresh_student(profile: Profile) -> InitReport:
+    """No teacher: a timm architecture with timm's initialisation (a first teacher, or a baseline)."""
+    init = profile.student.init
+    if init.architecture in ("same", "distilbert") or profile.task != "image-classification":
+        raise BadInput("init-student needs a teacher (`teacher:`), or a timm architecture to build from scratch",
+                       hint="set student.init.architecture: resnet18 and student.init.num_classes")
+    args = {**init.model_args, **({"num_classes": init.num_classes} if init.num_classes else {})}
+    student = TimmAdapter(create(init.architecture, **args).eval(), init.architecture, args)
+    student.save(profile.student.path)
+    described = _describe(student, profile.student.path)
+    return InitReport(teacher={}, student=described, layer_map=[], copied_tensors=0,
+                      output_dir=str(profile.student.path))
 
 
 def _describe(adapter: Adapter, path: Path | None) -> dict[str, Any]:
@@ -193,12 +207,13 @@ def shrink_timm(teacher: TimmAdapter, init: StudentInit) -> tuple[TimmAdapter, l
             raise BadInput(f"init-student: timm '{teacher.arch}' has no `blocks` list to cut",
                            hint="set student.init.architecture to a smaller timm arch (e.g. resnet10t)")
         layers = select_layers(init.layers, len(blocks))
-        args = {**teacher.model_args, "depth": len(layers)}
+        args = {**teacher.model_args, **init.model_args, "depth": len(layers)}
         student = create(teacher.arch, **args)
         state = _renumber(model.state_dict(), layers)
         student.load_state_dict(state, strict=True)
         return TimmAdapter(student.eval(), teacher.arch, args, class_names=teacher.class_names), layers, len(state)
     args = {k: v for k, v in teacher.model_args.items() if k in ("num_classes", "img_size", "in_chans")}
+    args.update(init.model_args)
     student = create(init.architecture, **args)
     copied = _copy_matching(model.state_dict(), student)
     return TimmAdapter(student.eval(), init.architecture, args, class_names=teacher.class_names), [], copied

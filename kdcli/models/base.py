@@ -34,6 +34,15 @@ class Outputs:
         return Outputs(**{k: d(v) for k, v in self.__dict__.items()})
 
 
+@dataclass
+class Exportable:
+    module: nn.Module                       # forward(*inputs in input_names order) -> output tensor
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+    shape_key: str                          # "seq_len" | "image_size", for latency reports
+
+
 class Adapter(ABC):
     """Wraps one nn.Module from one ecosystem (transformers, timm)."""
 
@@ -60,6 +69,10 @@ class Adapter(ABC):
     @abstractmethod
     def example_batch(self, batch_size: int = 2) -> dict[str, Tensor]:
         """A small valid input batch, for checks and export."""
+
+    @abstractmethod
+    def exportable(self) -> "Exportable":
+        """The bare model as ONNX wants it: named tensor inputs in, named tensor outputs out."""
 
     @property
     def num_labels(self) -> int | None:

@@ -17,7 +17,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from kdcli.errors import CheckpointError
 from kdcli.io import atomic_path
-from kdcli.models.base import Adapter, Outputs, mean_pool
+from kdcli.models.base import Adapter, Exportable, Outputs, mean_pool
 
 AUTO_CLASSES = {
     "sequence-classification": AutoModelForSequenceClassification,
@@ -122,6 +122,13 @@ class HFAdapter(Adapter):
             attention_mask=mask,
         )
 
+    def exportable(self) -> Exportable:
+        output = "last_hidden_state" if self.task == "embedding" else "logits"
+        axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                output: {0: "batch", 1: "sequence"} if output == "last_hidden_state" or self.task == "masked-lm"
+                else {0: "batch"}}
+        return Exportable(_Bare(self.module, output), ["input_ids", "attention_mask"], [output], axes, "seq_len")
+
     def save(self, directory: Path) -> None:
         with atomic_path(Path(directory)) as tmp:
             self.module.save_pretrained(tmp, safe_serialization=True)
@@ -134,6 +141,18 @@ class HFAdapter(Adapter):
         mask = torch.ones_like(ids)
         mask[1:, seq_len // 2:] = 0
         return {"input_ids": ids, "attention_mask": mask}
+
+
+class _Bare(nn.Module):
+    """input_ids, attention_mask -> one named output: what optimum exports for these tasks."""
+
+    def __init__(self, model: PreTrainedModel, output: str) -> None:
+        super().__init__()
+        self.model = model
+        self.output = output
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask), self.output)
 
 
 def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head: bool = False) -> HFAdapter:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from kdcli.errors import CheckpointError
 from kdcli.io import atomic_path
-from kdcli.models.base import Adapter, Outputs
+from kdcli.models.base import Adapter, Exportable, Outputs
 
 
 class TimmAdapter(Adapter):
@@ -63,6 +63,12 @@ class TimmAdapter(Adapter):
         embedding = model.forward_head(final, pre_logits=True) if "embedding" in needs else None
         logits = model.forward_head(final)
         return Outputs(logits=logits, features=features, embedding=embedding)
+
+    def exportable(self) -> Exportable:
+        fixed = bool(getattr(self.module, "pretrained_cfg", {}).get("fixed_input_size"))  # ViT: size is baked in
+        axes = {"pixel_values": {0: "batch"} if fixed else {0: "batch", 2: "height", 3: "width"},
+                "logits": {0: "batch"}}
+        return Exportable(self.module, ["pixel_values"], ["logits"], axes, "image_size")
 
     def save(self, directory: Path) -> None:
         with atomic_path(Path(directory)) as tmp:

@@ -1,0 +1,141 @@
+"""evaluate: teacher and student side by side on the eval data, with gates for CI.
+
+What ships is what is measured: `--model` may name an exported `.onnx`, run through onnxruntime.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kdcli.batches import Split, load_split
+from kdcli.check import load_student, load_teacher
+from kdcli.errors import BadInput, GateFailed
+from kdcli.io import atomic_write_json
+from kdcli.metrics import Forward, agreement, collect, outputs_of, task_metrics
+from kdcli.models import Adapter, dir_size, mean_pool
+from kdcli.profile import Profile
+
+
+@dataclass
+class Gates:
+    min_retention: float | None = None
+    min_metric: float | None = None
+    max_kl: float | None = None
+
+
+def evaluate(profile: Profile, model: str = "student", output: Path | None = None) -> dict[str, Any]:
+    """Compute eval.json for the chosen model against the teacher; write it to the run folder."""
+    device = torch.device("cpu")
+    teacher = load_teacher(profile)
+    reader = teacher or load_student(profile)
+    split = _eval_split(profile, reader)
+    batch_size = profile.train.batch_size
+    forward, params, size, name = _candidate(profile, model, teacher)
+    s_out, labels, s_rate = _timed(forward, split, batch_size, device)
+    report: dict[str, Any] = {"model": name, "task": profile.task, "samples": split.size,
+                              "metrics": task_metrics(s_out, labels), "teacher_metrics": {}, "agreement": {},
+                              "retention": None, "params": {"student": params, "teacher": None},
+                              "size_bytes": {"student": size, "teacher": None},
+                              "samples_per_s": {"student": s_rate, "teacher": None}}
+    if teacher is not None:
+        t_out, _, t_rate = _timed(outputs_of(teacher, profile.task), split, batch_size, device)
+        report["teacher_metrics"] = task_metrics(t_out, labels)
+        report["agreement"] = agreement(s_out, t_out, profile.task)
+        report["params"]["teacher"] = teacher.param_count()
+        report["size_bytes"]["teacher"] = dir_size(teacher.path) if teacher.path else None
+        report["samples_per_s"]["teacher"] = t_rate
+        report["retention"] = _retention(report, profile.task)
+    atomic_write_json(Path(output) if output else profile.output / "eval.json", report)
+    return report
+
+
+def check_gates(report: dict[str, Any], gates: Gates) -> None:
+    """Raise GateFailed naming the first unmet gate and both numbers."""
+    metric_name, metric = primary_metric(report)
+    checks = [
+        ("--min-retention", gates.min_retention, report.get("retention"), "retention", lambda v, g: v >= g),
+        ("--min-metric", gates.min_metric, metric, metric_name, lambda v, g: v >= g),
+        ("--max-kl", gates.max_kl, report.get("agreement", {}).get("kl"), "kl", lambda v, g: v <= g),
+    ]
+    for flag, gate, value, label, ok in checks:
+        if gate is None:
+            continue
+        if value is None:
+            raise GateFailed(f"gate {flag} {gate}: this evaluation has no {label}",
+                             hint="retention and kl need a teacher; the metric needs labels")
+        if not ok(value, gate):
+            raise GateFailed(f"gate {flag} {gate} failed: {label} is {value:.4f}")
+
+
+def primary_metric(report: dict[str, Any]) -> tuple[str, float | None]:
+    if "accuracy" in report["metrics"]:
+        return "accuracy", report["metrics"]["accuracy"]
+    if "cosine_to_teacher" in report.get("agreement", {}):
+        return "cosine_to_teacher", report["agreement"]["cosine_to_teacher"]
+    return "metric", None
+
+
+def _retention(report: dict[str, Any], task: str) -> float | None:
+    """Student metric / teacher metric; for embeddings, the cosine to the teacher (the teacher's is 1)."""
+    if task == "embedding":
+        return report["agreement"].get("cosine_to_teacher")
+    s, t = report["metrics"].get("accuracy"), report["teacher_metrics"].get("accuracy")
+    return s / t if s is not None and t else None
+
+
+def _eval_split(profile: Profile, reader: Adapter) -> Split:
+    if not profile.data.eval:
+        raise BadInput("evaluate needs data.eval in the profile", hint="add data.eval: PATH")
+    return load_split(profile, "eval", reader, labels=profile.task != "masked-lm")
+
+
+def _candidate(profile: Profile, which: str, teacher: Adapter | None) -> tuple[Forward, int | None, int, str]:
+    """The model to judge: student, teacher, a checkpoint folder or an .onnx file."""
+    if which == "teacher":
+        if teacher is None:
+            raise BadInput("--model teacher: the profile has no teacher")
+        return outputs_of(teacher, profile.task), teacher.param_count(), dir_size(teacher.path), "teacher"
+    if which == "student":
+        path = profile.output / "student"
+        if not path.exists():
+            raise BadInput(f"no distilled student at {path}", hint="run kdcli distill first, or pass --model PATH")
+    else:
+        path = Path(which)
+        if not path.exists():
+            raise BadInput(f"--model {which}: no such file or folder",
+                           hint="use student, teacher, a checkpoint folder or an .onnx file")
+    if path.suffix == ".onnx":
+        return onnx_forward(path, profile.task), None, dir_size(path), str(path)
+    student = load_student(profile, path)
+    student.module.eval()
+    return outputs_of(student, profile.task), student.param_count(), dir_size(path), str(path)
+
+
+def onnx_forward(path: Path, task: str) -> Forward:
+    """Run an exported model in onnxruntime with the same batch dicts PyTorch gets."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+
+    def run(batch: dict[str, Tensor]) -> Tensor:
+        feed = {name: batch[name].cpu().numpy() for name in names}
+        result = torch.from_numpy(np.asarray(session.run(outputs[:1], feed)[0]))
+        if task == "embedding" and result.dim() == 3:
+            return mean_pool(result, batch.get("attention_mask"))
+        return result
+    return run
+
+
+def _timed(forward: Forward, split: Split, batch_size: int, device: torch.device
+           ) -> tuple[Tensor, Tensor | None, float]:
+    start = time.perf_counter()
+    out, labels = collect(forward, split, batch_size, device)
+    return out, labels, split.size / max(time.perf_counter() - start, 1e-9)
