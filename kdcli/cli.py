@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: checkpoin
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from kdcli.console import err, human_bytes, print_json, progress, table  # noqa: E402
-from kdcli.errors import KdcliError  # noqa: E402
+from kdcli.errors import BadInput, KdcliError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress model checkpoints by knowledge distillation, from one YAML profile.")
@@ -117,11 +117,6 @@ def init_student_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = 
     err.print(f"student written to {report['output_dir']} ({report['copied_tensors']} tensors copied)")
 
 
-def _not_built(name: str, issue: str) -> None:
-    err.print(f"[yellow]kdcli {name} is not built yet[/] ({issue}); nothing was run.")
-    raise typer.Exit(1)
-
-
 @command("distill")
 def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False,
                 resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
@@ -145,10 +140,41 @@ def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False
 
 
 @command("pseudo-label")
-def pseudo_label_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False,
-                     quiet: QuietOpt = False) -> None:
-    """Label unlabeled data with the teacher (Noisy Student)."""
-    _not_built("pseudo-label", "Noisy Student pseudo-labelling")
+def pseudo_label_cmd(
+    profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False,
+    input_: Annotated[Optional[Path], typer.Option("--input", help="Unlabeled data (default data.unlabeled).")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="labels.jsonl path (default RUN/pseudo/labels.jsonl).")] = None,
+) -> None:
+    """Label unlabeled data with the teacher (Noisy Student): JSONL with label, confidence, top-k."""
+    from kdcli.pseudo import pseudo_label
+    with progress(quiet) as bar:
+        task = bar.add_task("pseudo-label", total=None, info="")
+        result = pseudo_label(_load(profile, set_), input_, output,
+                              on_batch=lambda done, total: bar.update(task, completed=done, total=total))
+    if json_:
+        print_json(result)
+        return
+    rows = [[name, c["labelled"], c["kept"], c["dropped"], c["in_output"]] for name, c in result["summary"].items()]
+    err.print(table(f"pseudo-label: {result['kept']} records of {result['total']} samples",
+                    ["class", "labelled", "kept", "dropped", "records"], rows))
+    err.print(f"written to {result['output']}")
+
+
+@command("noisy-student")
+def noisy_student_cmd(
+    profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False,
+    rounds: Annotated[int, typer.Option(min=1, max=100, help="How many teacher -> student rounds.")] = 1,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted loop.")] = False,
+) -> None:
+    """pseudo-label then distill, round after round; each round's student teaches the next."""
+    from kdcli.noisy import noisy_student
+    result = noisy_student(_load(profile, set_), rounds, resume=resume, on_event=lambda m: err.print(m))
+    if json_:
+        print_json(result)
+        return
+    rows = [[r["round"], *(r["eval"].get(k) for k in ("accuracy", "macro_f1")), r["student"]]
+            for r in result["rounds"]]
+    err.print(table("noisy-student", ["round", "accuracy", "macro_f1", "student"], rows))
 
 
 @command("evaluate")
@@ -182,9 +208,44 @@ def _print_eval(report: dict) -> None:
 
 
 @command("export")
-def export_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
-    """The student to ONNX, checked in onnxruntime, with a latency report."""
-    _not_built("export", "ONNX export and latency")
+def export_cmd(
+    profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False,
+    student: Annotated[Optional[Path], typer.Option(help="Student folder (default RUN/student).")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Export folder (default RUN/export).")] = None,
+    atol: Annotated[Optional[float], typer.Option(min=0.0, help="Parity tolerance (default by family).")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="int8: also write a dynamically quantized model.")] = None,
+    latency: Annotated[bool, typer.Option(help="Measure teacher vs student latency.")] = True,
+) -> None:
+    """The student to ONNX, checked against PyTorch in onnxruntime, with a latency report."""
+    from kdcli.ship import export_profile, parity_gate
+    if quantize not in (None, "int8"):
+        raise BadInput(f"--quantize {quantize}: only int8 is supported", hint="use --quantize int8")
+    result = export_profile(_load(profile, set_), student, output, atol, quantize, latency,
+                            on_event=None if json_ else lambda m: err.print(m))
+    if json_:
+        print_json(result)
+    else:
+        _print_parity(result["parity"])
+        if "latency" in result:
+            _print_latency(result["latency"])
+        err.print(f"written to {result['output_dir']}")
+    parity_gate(result["parity"])
+
+
+def _print_parity(parity: dict) -> None:
+    rows = [[name, o["max_abs_diff"], "ok" if o["ok"] else "FAIL"] for name, o in parity["outputs"].items()]
+    err.print(table(f"parity (atol {parity['atol']:g}, {len(parity['shapes'])} shapes)",
+                    ["output", "max abs diff", ""], rows))
+
+
+def _print_latency(report: dict) -> None:
+    rows = [[r["model"], r["runtime"], r["batch_size"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["samples_per_s"]]
+            for r in report["rows"]]
+    err.print(table(f"latency ({report['threads']} threads)", ["model", "runtime", "batch", "p50 ms", "p90 ms",
+                                                                "p99 ms", "samples/s"], rows))
+    for runtime, by_batch in report.get("speedup", {}).items():
+        err.print(f"student speed-up over teacher, {runtime}: "
+                  + ", ".join(f"batch {b}: {x:.2f}x" for b, x in by_batch.items()))
 
 
 def main() -> None:

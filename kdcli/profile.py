@@ -41,6 +41,7 @@ class StudentInit(Strict):
     architecture: str = Field("same", description="same | distilbert (transformers); a timm arch name")
     num_classes: int | None = Field(None, ge=1, description="timm student built without a teacher")
     model_args: dict[str, Any] = Field({}, description="extra timm create_model arguments (drop_path_rate, ...)")
+    copy_weights: bool = Field(True, description="timm arch: copy teacher tensors whose name and shape match")
 
 
 class StudentSpec(Strict):
@@ -156,6 +157,14 @@ class DataSpec(Strict):
     limit: int | None = Field(None, ge=1, description="use only the first N training rows")
 
 
+class NoiseSpec(Strict):
+    """Input noise for the student only (Noisy Student); the teacher sees clean inputs."""
+
+    token_mask: float = Field(0.0, ge=0.0, le=0.5, description="share of tokens replaced by [MASK]")
+    randaugment: bool = False
+    randaugment_magnitude: int = Field(9, ge=0, le=30)
+
+
 class TrainSpec(Strict):
     epochs: float = Field(3.0, gt=0, le=10_000)
     max_steps: int | None = Field(None, ge=1)
@@ -174,6 +183,7 @@ class TrainSpec(Strict):
     log_every: int = Field(10, ge=1)
     checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints; default: eval time")
     cache_teacher: bool = False
+    noise: NoiseSpec = NoiseSpec()
     threads: int | None = Field(None, ge=1, le=1024)
 
 

@@ -10,8 +10,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import (DistilBertConfig, DistilBertForMaskedLM, DistilBertForSequenceClassification,
-                          DistilBertModel, PreTrainedModel)
+from transformers import (
+    DistilBertConfig,
+    DistilBertForMaskedLM,
+    DistilBertForSequenceClassification,
+    DistilBertModel,
+    PreTrainedModel,
+)
 
 from kdcli.errors import BadInput
 from kdcli.layermap import select_layers
@@ -215,7 +220,7 @@ def shrink_timm(teacher: TimmAdapter, init: StudentInit) -> tuple[TimmAdapter, l
     args = {k: v for k, v in teacher.model_args.items() if k in ("num_classes", "img_size", "in_chans")}
     args.update(init.model_args)
     student = create(init.architecture, **args)
-    copied = _copy_matching(model.state_dict(), student)
+    copied = _copy_matching(model.state_dict(), student) if init.copy_weights else 0
     return TimmAdapter(student.eval(), init.architecture, args, class_names=teacher.class_names), [], copied
 
 

@@ -20,15 +20,17 @@ import torch
 from torch import Tensor, nn
 
 import kdcli
-from kdcli.batches import Split, to_device, train_and_eval
+from kdcli.batches import Split, pseudo_split, to_device, train_and_eval
 from kdcli.check import load_student, load_teacher
+from kdcli.checkpoint import restore, save_checkpoint
 from kdcli.errors import BadInput, TrainingDiverged
-from kdcli.io import append_jsonl, atomic_path, atomic_write_text
-from kdcli.losses import DistillLoss, build_losses, needs
-from kdcli.losses.functional import mask_tokens
-from kdcli.metrics import evaluate_pair, outputs_of, collect
+from kdcli.io import append_jsonl, atomic_write_text
+from kdcli.losses import build_losses, needs
+from kdcli.losses.functional import mask_tokens, soft_cross_entropy
+from kdcli.metrics import collect, evaluate_pair, outputs_of
 from kdcli.models import Adapter
-from kdcli.profile import Profile, StageSpec, profile_json
+from kdcli.noise import add_noise
+from kdcli.profile import Profile, profile_json
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -71,6 +73,7 @@ def distill(profile: Profile, *, resume: bool = False, on_step: Progress | None 
         teacher.module.eval()  # frozen: no dropout, no grads, ever
     reader = teacher or student  # the teacher's tokenizer and label ids define the data
     train, evalset = train_and_eval(profile, reader)
+    pseudo = pseudo_split(profile, reader) if profile.data.pseudo else None
     if cfg.cache_teacher:
         raise BadInput("train.cache_teacher is not built yet", hint="set train.cache_teacher: false")
     state = _start(run, profile, resume)
@@ -92,63 +95,45 @@ def distill(profile: Profile, *, resume: bool = False, on_step: Progress | None 
         autocast, scaler = precision_context(cfg.precision, device)
         step = 0
         if resume and stage_index == state["stage"] and state.get("student"):
-            step = _restore(state, student, losses, optimizer, scheduler, scaler)
+            step = restore(state, student, losses, optimizer, scheduler, scaler)
         mask_spec = next((spec for spec in stage.losses if spec.kind == "mlm"), None)
+        ctx = StepContext(student, teacher, losses, s_needs, t_needs, pseudo, profile, reader, train)
 
         student.module.train()
         started, seen = time.perf_counter(), 0
-        while step < total_steps:
-            epoch, position = divmod(step * cfg.grad_accum, batches_per_epoch)
-            order = train.order(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch)
-            chunk = order[position: position + cfg.grad_accum]
-            terms: dict[str, float] = {}
-            try:
-                for indices in chunk:
-                    batch = to_device(train.collate(indices), device)
-                    if mask_spec is not None:
-                        batch = _mask(batch, reader, mask_spec.mlm_probability, cfg.seed, step)
-                    with autocast():
-                        t_out = None
-                        if teacher is not None and t_needs:
-                            with torch.no_grad():
-                                t_out = teacher.forward(batch, t_needs)
-                        s_out = student.forward(batch, s_needs)
-                        loss, parts = _total(losses, s_out, t_out, batch, step)
-                    scaler.scale(loss / len(chunk)).backward()
-                    for name, value in parts.items():
-                        terms[name] = terms.get(name, 0.0) + value / len(chunk)
-                    seen += len(indices)
-                if cfg.max_grad_norm:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
+        try:
+            while step < total_steps:
+                epoch, position = divmod(step * cfg.grad_accum, batches_per_epoch)
+                order = train.order(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch)
+                chunk = order[position: position + cfg.grad_accum]
+                terms = _optimizer_step(ctx, chunk, step, mask_spec, optimizer, scheduler, scaler, params, autocast)
                 step += 1
-            except KeyboardInterrupt:
-                optimizer.zero_grad(set_to_none=True)
-                _save_checkpoint(run, stage_index, step, student, losses, optimizer, scheduler, scaler, best)
-                raise
-            rate = seen / max(time.perf_counter() - started, 1e-9)
-            record = {"stage": stage.name, "step": step, "epoch": round(step / steps_per_epoch, 4),
-                      "loss": sum(terms.values()), **{f"loss/{k}": v for k, v in terms.items()},
-                      "lr": scheduler.get_last_lr()[0], "samples_per_s": rate}
-            if step % cfg.log_every == 0 or step == total_steps:
-                append_jsonl(run.metrics, record)
-            if on_step:
-                on_step({**record, "total_steps": total_steps})
-            if _eval_due(step, total_steps, steps_per_epoch, cfg.eval_every) and evalset is not None:
-                metrics = _evaluate(student, teacher, evalset, profile, device, teacher_eval)
-                append_jsonl(run.metrics, {"stage": stage.name, "step": step, "eval": metrics})
-                score = primary(metrics)
-                if score is not None and (best is None or score > best):
-                    best = score
-                    student.save(run.best)
-                student.module.train()
-            if _checkpoint_due(step, total_steps, steps_per_epoch, cfg):
-                _save_checkpoint(run, stage_index, step, student, losses, optimizer, scheduler, scaler, best)
-        _save_checkpoint(run, stage_index + 1, 0, student, None, None, None, None, best)
+                seen += sum(len(indices) for indices in chunk)
+                record = {"stage": stage.name, "step": step, "epoch": round(step / steps_per_epoch, 4),
+                          "loss": sum(terms.values()), **{f"loss/{k}": v for k, v in terms.items()},
+                          "lr": scheduler.get_last_lr()[0],
+                          "samples_per_s": seen / max(time.perf_counter() - started, 1e-9)}
+                if step % cfg.log_every == 0 or step == total_steps:
+                    append_jsonl(run.metrics, record)
+                if _eval_due(step, total_steps, steps_per_epoch, cfg.eval_every) and evalset is not None:
+                    metrics = _evaluate(student, teacher, evalset, profile, device, teacher_eval)
+                    append_jsonl(run.metrics, {"stage": stage.name, "step": step, "eval": metrics})
+                    score = primary(metrics)
+                    if score is not None and (best is None or score > best):
+                        best = score
+                        student.save(run.best)
+                    student.module.train()
+                if _checkpoint_due(step, total_steps, steps_per_epoch, cfg):
+                    save_checkpoint(run.checkpoint, stage_index, step, student, losses, optimizer, scheduler,
+                                    scaler, best)
+                if on_step:
+                    on_step({**record, "total_steps": total_steps})
+        except KeyboardInterrupt:
+            # Ctrl-C: keep every finished step; a half-done step is dropped, not saved.
+            optimizer.zero_grad(set_to_none=True)
+            save_checkpoint(run.checkpoint, stage_index, step, student, losses, optimizer, scheduler, scaler, best)
+            raise
+        save_checkpoint(run.checkpoint, stage_index + 1, 0, student, None, None, None, None, best)
 
     student.module.eval()
     student.save(run.student)
@@ -160,6 +145,93 @@ def distill(profile: Profile, *, resume: bool = False, on_step: Progress | None 
 
 
 # --- the pieces of a step -------------------------------------------------------------------------
+
+
+@dataclass
+class StepContext:
+    student: Adapter
+    teacher: Adapter | None
+    losses: nn.ModuleList
+    student_needs: frozenset[str]
+    teacher_needs: frozenset[str]
+    pseudo: tuple[Split, Tensor] | None
+    profile: Profile
+    reader: Adapter
+    train: Split
+
+
+def _optimizer_step(ctx: StepContext, chunk: list[list[int]], step: int, mask_spec: Any, optimizer: Any,
+                    scheduler: Any, scaler: Any, params: list[Tensor], autocast: Callable) -> dict[str, float]:
+    """Accumulate gradients over the chunk's micro-batches, clip, step. Returns the mean loss terms."""
+    cfg = ctx.profile.train
+    device = next(ctx.student.module.parameters()).device
+    terms: dict[str, float] = {}
+    for j, indices in enumerate(chunk):
+        batch = to_device(ctx.train.collate(indices), device)
+        if mask_spec is not None:
+            batch = _mask(batch, ctx.reader, mask_spec.mlm_probability, cfg.seed, step)
+        with autocast():
+            loss, parts = _micro_loss(ctx, batch, step * cfg.grad_accum + j)
+        scaler.scale(loss / len(chunk)).backward()
+        for name, value in parts.items():
+            terms[name] = terms.get(name, 0.0) + value / len(chunk)
+    if cfg.max_grad_norm:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return terms
+
+
+def _micro_loss(ctx: StepContext, batch: dict[str, Tensor], micro: int) -> tuple[Tensor, dict[str, float]]:
+    """One micro-batch: teacher on clean input, student on noised input, plus the pseudo-labelled part."""
+    cfg = ctx.profile.train
+    generator = torch.Generator().manual_seed(cfg.seed * 7_919 + micro)
+    t_out = None
+    if ctx.teacher is not None and ctx.teacher_needs:
+        with torch.no_grad():
+            t_out = ctx.teacher.forward(batch, ctx.teacher_needs)
+    s_out = ctx.student.forward(_noised(ctx, batch, generator), ctx.student_needs)
+    loss, parts = _total(ctx.losses, s_out, t_out, batch, micro)
+    if ctx.pseudo is not None:
+        split, targets = ctx.pseudo
+        ratio = ctx.profile.pseudo.ratio
+        count = max(1, round(ratio * len(batch["index"])))
+        picked = _cycle(split.size, count, micro, cfg.seed)
+        p_batch = to_device(split.collate(picked), batch["index"].device)
+        logits = ctx.student.forward(_noised(ctx, p_batch, generator), frozenset({"logits"})).logits
+        p_loss = soft_cross_entropy(logits.float(), targets[picked].to(logits.device))
+        if not torch.isfinite(p_loss):
+            raise TrainingDiverged(f"micro-batch {micro + 1}: loss term 'pseudo' is {p_loss.item()}")
+        loss = loss + ratio * p_loss
+        parts["pseudo"] = ratio * p_loss.item()
+    return loss, parts
+
+
+def _noised(ctx: StepContext, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+    noise = ctx.profile.train.noise
+    if not (noise.token_mask or noise.randaugment):
+        return batch
+    tokenizer = getattr(ctx.reader, "tokenizer", None)
+    config = getattr(ctx.reader, "data_config", None) or {}
+    special = None
+    if tokenizer is not None and "input_ids" in batch:
+        special = _special_mask(batch, tokenizer)
+    return add_noise(batch, noise, mask_token_id=getattr(tokenizer, "mask_token_id", None), special=special,
+                     mean=config.get("mean"), std=config.get("std"), generator=generator)
+
+
+def _cycle(size: int, count: int, micro: int, seed: int) -> list[int]:
+    """Micro-batch `micro`'s share of an endless, reshuffled-each-pass walk over `size` samples."""
+    start = micro * count
+    picked = []
+    for position in range(start, start + count):
+        cycle, offset = divmod(position, size)
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 31 + cycle))
+        picked.append(int(order[offset]))
+    return picked
 
 
 def _total(losses: nn.ModuleList, s_out: Any, t_out: Any, batch: dict[str, Tensor], step: int
@@ -183,13 +255,19 @@ def _mask(batch: dict[str, Tensor], reader: Adapter, probability: float, seed: i
     """MLM masking, the same for teacher and student, seeded by step so a resumed run masks alike."""
     tokenizer = reader.tokenizer  # type: ignore[attr-defined]
     ids = batch["input_ids"]
-    special = torch.tensor([tokenizer.get_special_tokens_mask(row, already_has_special_tokens=True)
-                            for row in ids.tolist()], dtype=torch.bool, device=ids.device)
-    special |= batch["attention_mask"] == 0
+    special = _special_mask(batch, tokenizer)
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
     masked, labels = mask_tokens(ids.cpu(), special.cpu(), tokenizer.mask_token_id, len(tokenizer),
                                  probability, generator=generator)
     return {**batch, "input_ids": masked.to(ids.device), "mlm_labels": labels.to(ids.device)}
+
+
+def _special_mask(batch: dict[str, Tensor], tokenizer: Any) -> Tensor:
+    """True where a token must never be masked: [CLS], [SEP], padding."""
+    ids = batch["input_ids"]
+    special = torch.tensor([tokenizer.get_special_tokens_mask(row, already_has_special_tokens=True)
+                            for row in ids.tolist()], dtype=torch.bool, device=ids.device)
+    return special | (batch["attention_mask"] == 0)
 
 
 def primary(metrics: dict[str, Any]) -> float | None:
@@ -269,7 +347,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# --- checkpoints ----------------------------------------------------------------------------------
+# --- the run folder ----------------------------------------------------------------------------------
 
 
 def _start(run: Run, profile: Profile, resume: bool) -> dict[str, Any]:
@@ -287,44 +365,3 @@ def _start(run: Run, profile: Profile, resume: bool) -> dict[str, Any]:
     atomic_write_text(run.root / "profile.lock.yaml", yaml.safe_dump(lock, sort_keys=False))
     run.metrics.unlink(missing_ok=True)
     return {"stage": 0}
-
-
-def _save_checkpoint(run: Run, stage: int, step: int, student: Adapter, losses: nn.ModuleList | None,
-                     optimizer: Any, scheduler: Any, scaler: Any, best: float | None) -> None:
-    state = {
-        "stage": stage, "step": step, "best": best,
-        "student": student.module.state_dict(),
-        "losses": losses.state_dict() if losses is not None else None,
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": _numpy_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-    }
-    with atomic_path(run.checkpoint) as tmp:
-        torch.save(state, tmp)
-
-
-def _numpy_state() -> tuple:
-    """numpy's RNG state as plain types and a tensor, so the checkpoint loads with weights_only."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
-
-
-def _restore(state: dict, student: Adapter, losses: nn.ModuleList, optimizer: Any, scheduler: Any,
-             scaler: Any) -> int:
-    student.module.load_state_dict(state["student"])
-    if state.get("optimizer") is None:  # saved between stages: only the weights carry over
-        return 0
-    losses.load_state_dict(state["losses"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    rng = state["rng"]
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    name, keys, pos, has_gauss, gauss = rng["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    if rng.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return int(state["step"])

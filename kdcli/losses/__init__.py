@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from kdcli.losses.base import DistillLoss
-from kdcli.losses.feature import AttentionMse, AttentionTransfer, EmbeddingMse, Fitnet, HiddenCosine, HiddenMse
+from kdcli.losses.feature import (
+    AttentionMse,
+    AttentionTransfer,
+    EmbeddingMse,
+    Fitnet,
+    HiddenCosine,
+    HiddenMse,
+)
 from kdcli.losses.relation import Rkd, Similarity
 from kdcli.losses.response import CrossEntropy, Dkd, Hinton, MaskedLM
 from kdcli.models.base import Adapter

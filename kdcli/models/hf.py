@@ -11,8 +11,15 @@ from typing import Iterator
 
 import torch
 from torch import Tensor, nn
-from transformers import (AttentionInterface, AutoConfig, AutoModel, AutoModelForMaskedLM,
-                          AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel)
+from transformers import (
+    AttentionInterface,
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from kdcli.errors import CheckpointError

@@ -1,0 +1,85 @@
+"""noisy-student: pseudo-label, then train a noised student on labelled + pseudo-labelled data,
+round after round; round r's student is round r+1's teacher (Xie et al. 2020).
+
+Each round lives in OUTPUT/round-R/ (init, pseudo/labels.jsonl, student/, metrics.jsonl);
+OUTPUT/noisy-student.json records finished rounds, so an interrupted loop resumes at the round it was in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from kdcli.errors import BadInput
+from kdcli.io import atomic_write_json
+from kdcli.profile import Profile
+from kdcli.pseudo import pseudo_label
+from kdcli.student import init_student
+from kdcli.train import distill
+
+
+def noisy_student(profile: Profile, rounds: int, *, resume: bool = False,
+                  on_event: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run `rounds` rounds; return every round's metrics."""
+    if profile.teacher is None:
+        raise BadInput("noisy-student needs a first teacher (`teacher:`)",
+                       hint="train one from labels first with a [ce] profile")
+    if not profile.data.unlabeled:
+        raise BadInput("noisy-student needs data.unlabeled", hint="add data.unlabeled: PATH")
+    state_file = profile.output / "noisy-student.json"
+    state = _read_state(state_file) if resume else {"rounds": []}
+    if not resume and state_file.exists():
+        raise BadInput(f"{profile.output} holds an earlier noisy-student loop",
+                       hint="pass --resume to continue it, or point `output` at a new folder")
+    teacher_path = Path(state["rounds"][-1]["student"]) if state["rounds"] else profile.teacher.path
+    for r in range(len(state["rounds"]) + 1, rounds + 1):
+        folder = profile.output / f"round-{r}"
+        labels = folder / "pseudo" / "labels.jsonl"
+        round_profile = _round_profile(profile, teacher_path, folder, labels)
+        resuming = (folder / "checkpoints" / "last.pt").is_file()
+        if not resuming:
+            _say(on_event, f"round {r}: pseudo-labelling with {teacher_path}")
+            labelled = pseudo_label(round_profile, output=labels)
+            _say(on_event, f"round {r}: {labelled['kept']} of {labelled['total']} samples kept")
+            init_student(round_profile)
+        _say(on_event, f"round {r}: training the noised student")
+        summary = distill(_without_teacher_losses(round_profile), resume=resuming)
+        state["rounds"].append({"round": r, "teacher": str(teacher_path), "student": summary["student"],
+                                "eval": summary["eval"]})
+        atomic_write_json(state_file, state)
+        teacher_path = Path(summary["student"])
+    return {"output_dir": str(profile.output), **state}
+
+
+def _round_profile(profile: Profile, teacher: Path, folder: Path, labels: Path) -> Profile:
+    data = profile.model_dump()
+    data["teacher"]["path"] = str(teacher)
+    data["teacher"]["source"] = profile.teacher.source if teacher == profile.teacher.path else _source_of(teacher)
+    data["student"]["path"] = str(folder / "init")
+    data["data"]["pseudo"] = str(labels)
+    data["output"] = str(folder)
+    return Profile.model_validate(data)
+
+
+def _without_teacher_losses(profile: Profile) -> Profile:
+    """The student learns from labels and pseudo-labels; the teacher's part was the labelling."""
+    if profile.needs_teacher():
+        return profile
+    return profile.model_copy(update={"teacher": None})
+
+
+def _source_of(path: Path) -> str:
+    from kdcli.models import detect_source
+    return detect_source(path)
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {"rounds": []}
+    return json.loads(path.read_text())
+
+
+def _say(on_event: Callable[[str], None] | None, message: str) -> None:
+    if on_event:
+        on_event(message)

@@ -1,0 +1,118 @@
+"""pseudo-label: the teacher labels unlabeled data (Noisy Student, Xie et al. 2020).
+
+The teacher sees clean inputs. Records are filtered by confidence and, optionally, balanced per
+class as noisystudent's main.py does: frequent classes keep their most confident samples, rare
+classes are duplicated up to the same count.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from kdcli.batches import Split, load_split, to_device
+from kdcli.check import load_teacher
+from kdcli.errors import BadInput, DataError
+from kdcli.io import atomic_write_text
+from kdcli.profile import Profile, PseudoSpec
+
+
+def pseudo_label(profile: Profile, input_path: Path | None = None, output: Path | None = None,
+                 on_batch: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Label `data.unlabeled` (or input_path) with the teacher; write labels.jsonl; return a summary."""
+    if profile.task not in ("sequence-classification", "image-classification"):
+        raise BadInput(f"pseudo-label needs a classification task; this profile's task is {profile.task}")
+    teacher = load_teacher(profile)
+    if teacher is None:
+        raise BadInput("pseudo-label needs a teacher: the profile has no `teacher:` section")
+    split = load_split(profile, "unlabeled", teacher, labels=False, source=input_path)
+    device = torch.device("cuda" if torch.cuda.is_available() and profile.train.device != "cpu" else "cpu")
+    teacher.to(device).module.eval()
+    spec = profile.pseudo
+    probs = _teacher_probs(teacher, split, profile.train.batch_size, spec.temperature, device, on_batch)
+    names = teacher.label_names or [str(i) for i in range(probs.shape[1])]
+    records = [_record(i, split, p, names, spec.topk) for i, p in enumerate(probs)]
+    kept = select(records, spec)
+    out = Path(output) if output else profile.output / "pseudo" / "labels.jsonl"
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in kept))
+    return {"output": str(out), "total": len(records), "kept": len(kept), "summary": summarize(records, kept, names)}
+
+
+@torch.inference_mode()
+def _teacher_probs(teacher: Any, split: Split, batch_size: int, temperature: float, device: torch.device,
+                   on_batch: Callable[[int, int], None] | None) -> torch.Tensor:
+    chunks = []
+    total = len(split.order(batch_size, shuffle=False))
+    for i, batch in enumerate(split.batches(batch_size)):
+        logits = teacher.forward(to_device(batch, device), frozenset({"logits"})).logits.float()
+        chunks.append(F.softmax(logits / temperature, dim=-1).cpu())
+        if on_batch:
+            on_batch(i + 1, total)
+    return torch.cat(chunks)
+
+
+def _record(i: int, split: Split, probs: torch.Tensor, names: list[str], topk: int) -> dict[str, Any]:
+    conf, label = probs.max(-1)
+    values, labels = probs.topk(min(topk, probs.numel()))
+    record: dict[str, Any] = {"id": i, "source": split.sources[i]}
+    record["text" if split.kind == "text" else "path"] = split.texts[i] if split.kind == "text" else split.sources[i]
+    record.update({"label": int(label), "label_name": names[int(label)], "confidence": round(float(conf), 6),
+                   "topk": [[int(k), round(float(v), 6)] for k, v in zip(labels, values)]})
+    return record
+
+
+def select(records: list[dict[str, Any]], spec: PseudoSpec) -> list[dict[str, Any]]:
+    """Confidence filter, then (optionally) class balance: top-N of frequent classes, rare ones repeated."""
+    kept = [r for r in records if r["confidence"] >= spec.threshold]
+    if not kept:
+        best = max((r["confidence"] for r in records), default=0.0)
+        raise DataError(f"pseudo.threshold {spec.threshold} keeps none of {len(records)} samples "
+                        f"(the highest confidence is {best:.4f})", hint="lower pseudo.threshold")
+    if not spec.balance:
+        return kept
+    by_class: dict[int, list[dict[str, Any]]] = {}
+    for r in sorted(kept, key=lambda r: -r["confidence"]):
+        by_class.setdefault(r["label"], []).append(r)
+    target = spec.per_class or max(len(v) for v in by_class.values())
+    balanced = []
+    for label in sorted(by_class):
+        rows = by_class[label]
+        balanced += [rows[i % len(rows)] for i in range(target)]
+    return balanced
+
+
+def summarize(records: list[dict[str, Any]], kept: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    labelled = Counter(r["label"] for r in records)
+    kept_ids: dict[int, set[int]] = {}
+    for r in kept:
+        kept_ids.setdefault(r["label"], set()).add(r["id"])
+    kept_count = Counter(r["label"] for r in kept)
+    return {names[c]: {"labelled": labelled.get(c, 0), "kept": len(kept_ids.get(c, ())),
+                       "dropped": labelled.get(c, 0) - len(kept_ids.get(c, ())),
+                       "in_output": kept_count.get(c, 0)}
+            for c in range(len(names))}
+
+
+def read_labels(path: Path) -> list[dict[str, Any]]:
+    """labels.jsonl back, checked line by line."""
+    if not Path(path).is_file():
+        raise DataError(f"data.pseudo: {path} not found", hint="run kdcli pseudo-label first")
+    rows = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            int(row["label"]), row["topk"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{path}:{n}: not a pseudo-label record ({exc})",
+                            hint="the file should come from kdcli pseudo-label") from None
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no pseudo-labelled samples")
+    return rows

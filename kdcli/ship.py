@@ -1,0 +1,136 @@
+"""The export command: the student to ONNX, proven to match in onnxruntime, with a latency report.
+
+export.py and latency.py hold the model-agnostic parts; this module ties them to a profile:
+real eval batches for parity, the data's sequence length or image size for latency, and the run's
+export/ folder for model.onnx, parity.json, latency.json, report.md (and latency.png).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from kdcli.batches import Split, load_split
+from kdcli.check import load_student, load_teacher
+from kdcli.errors import BadInput, GateFailed
+from kdcli.export import check_parity, default_atol, export_onnx, quantize_int8
+from kdcli.io import atomic_write_json, atomic_write_text
+from kdcli.latency import latency_report, latency_rows, plot_png, render_markdown
+from kdcli.models import Adapter, dir_size
+from kdcli.profile import Profile
+
+
+def export_profile(profile: Profile, student_dir: Path | None = None, output: Path | None = None,
+                   atol: float | None = None, quantize: str | None = None, latency: bool = True,
+                   on_event: Callable[[str], None] | None = None) -> dict[str, Any]:
+    say = on_event or (lambda message: None)
+    student_dir = Path(student_dir or profile.output / "student")
+    if not student_dir.exists():
+        raise BadInput(f"no student at {student_dir}", hint="run kdcli distill first, or pass --student DIR")
+    out = Path(output or profile.output / "export")
+    student = load_student(profile, student_dir)
+    student.module.eval()
+    view = student.exportable()
+    batches = _parity_batches(profile, student)
+    tolerance = atol if atol is not None else profile.export.atol
+    tolerance = default_atol(student.family) if tolerance is None else tolerance
+
+    say(f"exporting {student_dir} to ONNX (opset {profile.export.opset})")
+    onnx_path = export_onnx(view.module, _ordered(batches[0], view.input_names), out / "model.onnx",
+                            output_names=view.output_names, dynamic_axes=view.dynamic_axes,
+                            opset=profile.export.opset)
+    say("checking parity in onnxruntime")
+    parity = check_parity(view.module, onnx_path, [_ordered(b, view.input_names) for b in batches], tolerance,
+                          view.output_names).to_json()
+    atomic_write_json(out / "parity.json", parity)
+    result: dict[str, Any] = {"output_dir": str(out), "onnx": str(onnx_path), "parity": parity,
+                              "size_bytes": {"onnx": dir_size(onnx_path)}}
+    if quantize == "int8":
+        result["int8"] = _int8(view, onnx_path, out, batches, tolerance)
+    if latency:
+        say("measuring latency: teacher vs student, PyTorch vs onnxruntime")
+        result["latency"] = _latency(profile, student, batches[0], onnx_path, out, parity)
+    return result
+
+
+def parity_gate(parity: dict[str, Any]) -> None:
+    """Exit 1 (GateFailed) when any output missed the tolerance or changed shape."""
+    if not parity["ok"]:
+        raise GateFailed(_parity_failure(parity), hint="see parity.json; --atol sets the tolerance")
+
+
+def _parity_batches(profile: Profile, student: Adapter) -> list[dict[str, Tensor]]:
+    """Real eval batches when there are any, at several batch sizes and lengths, plus a synthetic one."""
+    batches: list[dict[str, Tensor]] = []
+    source = profile.data.eval or profile.data.train
+    if source:
+        which = "eval" if profile.data.eval else "train"
+        split: Split = load_split(profile, which, student, labels=False)
+        for size in (1, 3, 8):
+            order = split.order(size, shuffle=False)
+            if order:
+                batches.append(split.collate(order[len(order) // 2]))
+    batches.append(student.example_batch(2))
+    return [{k: v for k, v in b.items() if k in ("input_ids", "attention_mask", "pixel_values")} for b in batches]
+
+
+def _ordered(batch: dict[str, Tensor], names: list[str]) -> dict[str, Tensor]:
+    return {name: batch[name] for name in names}
+
+
+def _int8(view: Any, onnx_path: Path, out: Path, batches: list[dict[str, Tensor]], atol: float) -> dict[str, Any]:
+    quantized = quantize_int8(onnx_path, out / "model.int8.onnx")
+    parity = check_parity(view.module, quantized, [_ordered(b, view.input_names) for b in batches], atol,
+                          view.output_names).to_json()
+    atomic_write_json(out / "parity.int8.json", parity)
+    return {"onnx": str(quantized), "size_bytes": dir_size(quantized), "parity": parity}
+
+
+def _latency(profile: Profile, student: Adapter, batch: dict[str, Tensor], onnx_path: Path, out: Path,
+             parity: dict[str, Any]) -> dict[str, Any]:
+    """Teacher vs student in PyTorch and onnxruntime at the profile's batch sizes and the data's shape."""
+    view = student.exportable()
+    models: dict[str, tuple[Any, Path | None]] = {"student": (view.module, onnx_path)}
+    sizes = {"student": dir_size(onnx_path)}
+    teacher = load_teacher(profile) if profile.teacher is not None else None
+    if teacher is not None and teacher.family == student.family:
+        t_view = teacher.exportable()
+        t_onnx = export_onnx(t_view.module, _ordered(batch, t_view.input_names), out / "teacher.onnx",
+                             output_names=t_view.output_names, dynamic_axes=t_view.dynamic_axes,
+                             opset=profile.export.opset)
+        models["teacher"] = (t_view.module, t_onnx)
+        sizes["teacher"] = dir_size(t_onnx)
+    shape = _shape_of(batch, view.shape_key)
+    threads = profile.train.threads or torch.get_num_threads() or os.cpu_count() or 1
+    rows = latency_rows(models, lambda size: _synthetic(batch, view.input_names, size), profile.export.batch_sizes,
+                        view.shape_key, shape, threads)
+    report = latency_report(rows, threads, sizes)
+    atomic_write_json(out / "latency.json", report)
+    atomic_write_text(out / "report.md", render_markdown(report, parity))
+    chart = plot_png(report, out / "latency.png")
+    report["chart"] = str(chart) if chart else None
+    return report
+
+
+def _shape_of(batch: dict[str, Tensor], key: str) -> int:
+    if key == "seq_len":
+        return int(batch["input_ids"].shape[1])
+    return int(batch["pixel_values"].shape[-1])
+
+
+def _synthetic(batch: dict[str, Tensor], names: list[str], size: int) -> dict[str, Tensor]:
+    """A batch of `size` rows shaped like a real one (rows repeated), every position real."""
+    rows = {name: batch[name][:1].repeat(size, *([1] * (batch[name].dim() - 1))) for name in names}
+    if "attention_mask" in rows:
+        rows["attention_mask"] = torch.ones_like(rows["attention_mask"])
+    return rows
+
+
+def _parity_failure(parity: dict[str, Any]) -> str:
+    worst = ", ".join(f"{name}: max abs diff {o['max_abs_diff']}" for name, o in parity["outputs"].items()
+                      if not o["ok"])
+    return f"ONNX output does not match PyTorch within atol {parity['atol']:g} ({worst})"
