@@ -50,11 +50,11 @@ def check_profile(profile: Profile) -> dict[str, Any]:
 
 def _probe(model: Adapter) -> dict[str, Any]:
     with torch.inference_mode():
-        out = model.forward(model.example_batch(2), frozenset({"logits"}))
-    logits = out.logits if out.logits is not None else out.hidden_states[-1] if out.hidden_states else None
+        out = model.forward(model.example_batch(2), frozenset({"logits", "embedding"}))
+    logits = out.logits if out.logits is not None else out.embedding
     return {"loaded": True, "family": model.family, "architecture": type(model.module).__name__,
             "layers": model.depth, "params": model.param_count(),
-            "logits_shape": list(logits.shape) if logits is not None else None}
+            "output_shape": list(logits.shape) if logits is not None else None}
 
 
 def _check_heads(profile: Profile, student: Adapter, teacher: Adapter | None) -> None:

@@ -88,7 +88,7 @@ def check(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False) -> N
         info = report.get(role)
         if info and info.get("loaded"):
             err.print(f"  {role}: {info['architecture']} · {info['layers']} layers · {info['params']:,} params · "
-                      f"logits {info['logits_shape']}")
+                      f"output {info['output_shape']}")
         elif info:
             err.print(f"  {role}: {info['status']}")
     for loss in report.get("losses", []):

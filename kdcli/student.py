@@ -94,7 +94,7 @@ def shrink_transformer(teacher: HFAdapter, init: StudentInit, task: str) -> tupl
     if init.architecture == "distilbert":
         student = _to_distilbert(model, state, len(layers), task)
     elif init.architecture == "same":
-        student = _same_arch(model, state, len(layers), init.drop, task)
+        student = _same_arch(model, state, len(layers), init.drop)
     else:
         raise BadInput(f"student.init.architecture: '{init.architecture}' is not a transformers target",
                        hint="use same or distilbert")
@@ -122,21 +122,19 @@ def _fold_token_types(state: dict[str, torch.Tensor], prefix: str) -> None:
     state[f"{prefix}embeddings.token_type_embeddings.weight"] = torch.zeros_like(types[:1])
 
 
-def _same_arch(model: PreTrainedModel, state: dict, depth: int, drop: list[str], task: str) -> PreTrainedModel:
+def _same_arch(model: PreTrainedModel, state: dict, depth: int, drop: list[str]) -> PreTrainedModel:
     config = copy.deepcopy(model.config)
     config.num_hidden_layers = depth
     prefix = _base_prefix(model)
-    kwargs: dict[str, Any] = {}
     if "token_type_embeddings" in drop:
         _fold_token_types(state, prefix)
         config.type_vocab_size = 1
     if "pooler" in drop and any(k.startswith(f"{prefix}pooler.") for k in state):
-        if task == "sequence-classification":
-            raise BadInput("student.init.drop: the pooler feeds this model's classifier head",
-                           hint="keep the pooler, or use architecture: distilbert")
-        state = {k: v for k, v in state.items() if not k.startswith(f"{prefix}pooler.")}
-        kwargs["add_pooling_layer"] = False
-    student = type(model)(config, **kwargs)
+        # The config cannot record a missing pooler: from_pretrained would re-create it at random.
+        raise BadInput("student.init.drop: a same-architecture student keeps its pooler "
+                       "(transformers re-creates a dropped one when the model loads)",
+                       hint="drop only token_type_embeddings, or use architecture: distilbert (no pooler)")
+    student = type(model)(config)
     student.load_state_dict(state, strict=True)
     return student
 

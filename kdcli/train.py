@@ -361,7 +361,7 @@ def _start(run: Run, profile: Profile, resume: bool) -> dict[str, Any]:
         raise BadInput(f"{run.root} holds an earlier run (checkpoints/last.pt)",
                        hint="pass --resume to continue it, or point `output` at a new folder")
     import yaml
-    lock = {"profile": profile_json(profile), "versions": {"kdcli": kdcli.__version__, "torch": torch.__version__}}
+    lock = {"profile": profile_json(profile), "versions": {"kdcli": kdcli.__version__, "torch": str(torch.__version__)}}
     atomic_write_text(run.root / "profile.lock.yaml", yaml.safe_dump(lock, sort_keys=False))
     run.metrics.unlink(missing_ok=True)
     return {"stage": 0}

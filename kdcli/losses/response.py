@@ -64,6 +64,7 @@ class MaskedLM(DistillLoss):
     student_needs = frozenset({"logits"})
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> Tensor:
-        logits = student.logits
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["mlm_labels"].reshape(-1),
-                               ignore_index=-100)
+        logits, labels = student.logits, batch["mlm_labels"]
+        if not (labels != -100).any():  # a batch with no masked token (short rows): nothing to learn here
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
