@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 import kdcli
 from kdcli.batches import Split, pseudo_split, to_device, train_and_eval
+from kdcli.cache import TeacherCache
 from kdcli.check import load_student, load_teacher
 from kdcli.checkpoint import restore, save_checkpoint
 from kdcli.errors import BadInput, TrainingDiverged
@@ -74,8 +75,6 @@ def distill(profile: Profile, *, resume: bool = False, on_step: Progress | None 
     reader = teacher or student  # the teacher's tokenizer and label ids define the data
     train, evalset = train_and_eval(profile, reader)
     pseudo = pseudo_split(profile, reader) if profile.data.pseudo else None
-    if cfg.cache_teacher:
-        raise BadInput("train.cache_teacher is not built yet", hint="set train.cache_teacher: false")
     state = _start(run, profile, resume)
     teacher_eval = _teacher_eval_outputs(teacher, evalset, profile, device)
     best = state.get("best")
@@ -97,7 +96,11 @@ def distill(profile: Profile, *, resume: bool = False, on_step: Progress | None 
         if resume and stage_index == state["stage"] and state.get("student"):
             step = restore(state, student, losses, optimizer, scheduler, scaler)
         mask_spec = next((spec for spec in stage.losses if spec.kind == "mlm"), None)
-        ctx = StepContext(student, teacher, losses, s_needs, t_needs, pseudo, profile, reader, train)
+        cache = None
+        if cfg.cache_teacher and teacher is not None and t_needs:
+            cache = TeacherCache.load_or_build(teacher, train, t_needs, losses, cfg.batch_size, device,
+                                               run.root / "cache" / f"teacher-{stage_index}.pt")
+        ctx = StepContext(student, teacher, losses, s_needs, t_needs, pseudo, profile, reader, train, cache)
 
         student.module.train()
         started, seen = time.perf_counter(), 0
@@ -158,6 +161,7 @@ class StepContext:
     profile: Profile
     reader: Adapter
     train: Split
+    cache: TeacherCache | None = None
 
 
 def _optimizer_step(ctx: StepContext, chunk: list[list[int]], step: int, mask_spec: Any, optimizer: Any,
@@ -190,7 +194,9 @@ def _micro_loss(ctx: StepContext, batch: dict[str, Tensor], micro: int) -> tuple
     cfg = ctx.profile.train
     generator = torch.Generator().manual_seed(cfg.seed * 7_919 + micro)
     t_out = None
-    if ctx.teacher is not None and ctx.teacher_needs:
+    if ctx.cache is not None:
+        t_out = ctx.cache.outputs(batch["index"], batch, batch["index"].device)
+    elif ctx.teacher is not None and ctx.teacher_needs:
         with torch.no_grad():
             t_out = ctx.teacher.forward(batch, ctx.teacher_needs)
     s_out = ctx.student.forward(_noised(ctx, batch, generator), ctx.student_needs)

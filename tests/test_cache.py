@@ -1,0 +1,64 @@
+"""The teacher-output cache gives the same student as asking the teacher every step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdcli.errors import BadInput
+from kdcli.profile import load_profile
+from kdcli.student import init_student
+from kdcli.train import distill
+
+
+def _run(write_profile, spec: dict, cache: bool, name: str) -> dict[str, torch.Tensor]:
+    path = write_profile(spec, f"{name}.yaml")
+    profile = load_profile(path, [f"train.cache_teacher={str(cache).lower()}", f"output={name}"])
+    summary = distill(profile)
+    from kdcli.check import load_student
+    return load_student(profile, summary["student"]).module.state_dict()
+
+
+def _assert_same(a: dict, b: dict, atol: float) -> None:
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
+
+
+def test_text_cache_matches_live_teacher(write_profile, bert_cls, sst_tiny):
+    spec = {"name": "c", "task": "sequence-classification", "teacher": {"path": str(bert_cls)},
+            "student": {"path": "init", "init": {"layers": [0, 3]}},
+            "data": {"train": str(sst_tiny), "max_length": 16},
+            "distill": {"losses": [{"kind": "ce"}, {"kind": "hinton"}, {"kind": "hidden_cosine", "layers": {2: 4}},
+                                   {"kind": "similarity"}]},
+            "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "seed": 1}, "output": "x"}
+    init_student(load_profile(write_profile(spec, "init.yaml")))
+    live = _run(write_profile, spec, False, "live")
+    cached = _run(write_profile, spec, True, "cached")
+    _assert_same(live, cached, atol=1e-4)
+
+
+def test_image_cache_matches_live_teacher(write_profile, timm_resnet, tmp_path):
+    spec = {"name": "i", "task": "image-classification",
+            "teacher": {"source": "timm", "path": str(timm_resnet), "arch": "resnet18", "num_classes": 10},
+            "student": {"path": "init", "init": {"architecture": "resnet10t"}},
+            "data": {"train": "sklearn:digits", "image_size": 32, "limit": 64},
+            "distill": {"losses": [{"kind": "hinton"}, {"kind": "attention_transfer", "stages": {4: 4}},
+                                   {"kind": "rkd"}]},
+            "train": {"max_steps": 3, "batch_size": 16, "lr": 1e-3, "seed": 1}, "output": "x"}
+    init_student(load_profile(write_profile(spec, "init.yaml")))
+    live = _run(write_profile, spec, False, "live")
+    cached = _run(write_profile, spec, True, "cached")
+    _assert_same(live, cached, atol=1e-4)
+    assert (tmp_path / "cached" / "cache" / "teacher-0.pt").is_file()
+
+
+def test_padding_bound_losses_are_refused(write_profile, bert_cls, sst_tiny):
+    spec = {"name": "r", "task": "sequence-classification", "teacher": {"path": str(bert_cls)},
+            "student": {"path": "init", "init": {"layers": [0, 3]}},
+            "data": {"train": str(sst_tiny), "max_length": 16},
+            "distill": {"losses": [{"kind": "hidden_mse"}]},
+            "train": {"max_steps": 1, "batch_size": 8, "cache_teacher": True}, "output": "r"}
+    path = write_profile(spec)
+    init_student(load_profile(path))
+    with pytest.raises(BadInput, match="cache_teacher cannot serve hidden_mse"):
+        distill(load_profile(path))
