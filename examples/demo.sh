@@ -25,3 +25,6 @@ kdcli evaluate "$PROFILE"
 
 echo "== 6. export" >&2
 kdcli export "$PROFILE"
+
+echo "== summary" >&2
+python examples/summary.py runs/demo
