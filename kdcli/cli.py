@@ -17,6 +17,7 @@ import typer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: checkpoints are local files
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # kdcli draws its own progress, on stderr
 
 from kdcli.console import err, human_bytes, print_json, progress, table  # noqa: E402
 from kdcli.errors import BadInput, KdcliError  # noqa: E402

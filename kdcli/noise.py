@@ -37,9 +37,10 @@ def _randaugment(pixels: Tensor, magnitude: int, mean: tuple[float, ...], std: t
     s = torch.tensor(std, device=pixels.device).view(1, -1, 1, 1)
     images = ((pixels * s + m).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
     augment = v2.RandAugment(num_ops=2, magnitude=magnitude)
-    # torchvision draws from the global RNG: seed it from our generator so runs stay reproducible.
-    state = torch.get_rng_state()
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-    out = torch.stack([augment(img) for img in images])
-    torch.set_rng_state(state)
+    # torchvision draws from the global CPU RNG: seed it from our generator so runs stay reproducible,
+    # and restore it after (torch.manual_seed would also reseed CUDA, where dropout draws its masks).
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        out = torch.stack([augment(img) for img in images])
     return ((out.float().to(pixels.device) / 255) - m) / s

@@ -3,6 +3,8 @@ round after round; round r's student is round r+1's teacher (Xie et al. 2020).
 
 Each round lives in OUTPUT/round-R/ (init, pseudo/labels.jsonl, student/, metrics.jsonl);
 OUTPUT/noisy-student.json records finished rounds, so an interrupted loop resumes at the round it was in.
+Every round's student starts from the same init (student.init applied to the first teacher): the
+student's shape is the profile's, not a shrunk copy of the last student.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 from kdcli.errors import BadInput
 from kdcli.io import atomic_write_json
@@ -28,8 +32,9 @@ def noisy_student(profile: Profile, rounds: int, *, resume: bool = False,
     if not profile.data.unlabeled:
         raise BadInput("noisy-student needs data.unlabeled", hint="add data.unlabeled: PATH")
     state_file = profile.output / "noisy-student.json"
-    state = _read_state(state_file) if resume else {"rounds": []}
-    if not resume and state_file.exists():
+    state = (_read_json(state_file) or {"rounds": []}) if resume else {"rounds": []}
+    # A loop stopped inside round 1 has no state file yet, but its round folder is there.
+    if not resume and (state_file.exists() or (profile.output / "round-1").exists()):
         raise BadInput(f"{profile.output} holds an earlier noisy-student loop",
                        hint="pass --resume to continue it, or point `output` at a new folder")
     teacher_path = Path(state["rounds"][-1]["student"]) if state["rounds"] else profile.teacher.path
@@ -41,11 +46,16 @@ def noisy_student(profile: Profile, rounds: int, *, resume: bool = False,
         if not resuming:
             _say(on_event, f"round {r}: pseudo-labelling with {teacher_path}")
             labelled = pseudo_label(round_profile, output=labels)
+            atomic_write_json(folder / "pseudo" / "summary.json", labelled)
             _say(on_event, f"round {r}: {labelled['kept']} of {labelled['total']} samples kept")
-            init_student(round_profile)
+            # timm draws a fresh head/blocks from the global RNG: seeded, a rerun builds the same init.
+            torch.manual_seed(profile.train.seed)
+            init_student(_round_profile(profile, profile.teacher.path, folder, labels))
         _say(on_event, f"round {r}: training the noised student")
         summary = distill(_without_teacher_losses(round_profile), resume=resuming)
+        pseudo = _read_json(folder / "pseudo" / "summary.json") or {}
         state["rounds"].append({"round": r, "teacher": str(teacher_path), "student": summary["student"],
+                                "pseudo": {"total": pseudo.get("total"), "kept": pseudo.get("kept")},
                                 "eval": summary["eval"]})
         atomic_write_json(state_file, state)
         teacher_path = Path(summary["student"])
@@ -74,10 +84,14 @@ def _source_of(path: Path) -> str:
     return detect_source(path)
 
 
-def _read_state(path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
-        return {"rounds": []}
-    return json.loads(path.read_text())
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise BadInput(f"{path}: not readable JSON ({exc})",
+                       hint="the file is damaged; start again with a new `output`") from None
 
 
 def _say(on_event: Callable[[str], None] | None, message: str) -> None:

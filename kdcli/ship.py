@@ -26,7 +26,7 @@ from kdcli.profile import Profile
 
 def export_profile(profile: Profile, student_dir: Path | None = None, output: Path | None = None,
                    atol: float | None = None, quantize: str | None = None, latency: bool = True,
-                   on_event: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   on_event: Callable[[str], None] | None = None, latency_seconds: float = 0.5) -> dict[str, Any]:
     say = on_event or (lambda message: None)
     student_dir = Path(student_dir or profile.output / "student")
     if not student_dir.exists():
@@ -53,7 +53,7 @@ def export_profile(profile: Profile, student_dir: Path | None = None, output: Pa
         result["int8"] = _int8(view, onnx_path, out, batches, tolerance)
     if latency:
         say("measuring latency: teacher vs student, PyTorch vs onnxruntime")
-        result["latency"] = _latency(profile, student, batches[0], onnx_path, out, parity)
+        result["latency"] = _latency(profile, student, batches[0], onnx_path, out, parity, latency_seconds)
     return result
 
 
@@ -91,7 +91,7 @@ def _int8(view: Any, onnx_path: Path, out: Path, batches: list[dict[str, Tensor]
 
 
 def _latency(profile: Profile, student: Adapter, batch: dict[str, Tensor], onnx_path: Path, out: Path,
-             parity: dict[str, Any]) -> dict[str, Any]:
+             parity: dict[str, Any], min_seconds: float = 0.5) -> dict[str, Any]:
     """Teacher vs student in PyTorch and onnxruntime at the profile's batch sizes and the data's shape."""
     view = student.exportable()
     models: dict[str, tuple[Any, Path | None]] = {"student": (view.module, onnx_path)}
@@ -107,7 +107,7 @@ def _latency(profile: Profile, student: Adapter, batch: dict[str, Tensor], onnx_
     shape = _shape_of(batch, view.shape_key)
     threads = profile.train.threads or torch.get_num_threads() or os.cpu_count() or 1
     rows = latency_rows(models, lambda size: _synthetic(batch, view.input_names, size), profile.export.batch_sizes,
-                        view.shape_key, shape, threads)
+                        view.shape_key, shape, threads, min_seconds=min_seconds)
     report = latency_report(rows, threads, sizes)
     atomic_write_json(out / "latency.json", report)
     atomic_write_text(out / "report.md", render_markdown(report, parity))

@@ -1,0 +1,61 @@
+"""Data parallelism through PyTorch's own engine: run under torchrun, one process per device.
+
+`torchrun --nproc-per-node N -m kdcli distill PROFILE` (or `kdcli distill --nproc N`) sets RANK,
+WORLD_SIZE and LOCAL_RANK; kdcli then joins the process group (nccl on CUDA, gloo on CPU), wraps
+the student and the learned loss parts in DistributedDataParallel, gives each rank its share of
+every step's batches, and lets rank 0 alone write files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def join(device_type: str) -> World:
+    """Join the process group torchrun describes; a plain run is a world of one."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def mean_terms(world: World, terms: dict[str, float]) -> dict[str, float]:
+    """Every rank's loss terms, averaged, so the log shows the global step."""
+    if not world.distributed or not terms:
+        return terms
+    names = sorted(terms)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    values = torch.tensor([terms[n] for n in names], dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    return {n: float(v) / world.size for n, v in zip(names, values)}
+
+
+def leave(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()

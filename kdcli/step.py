@@ -1,0 +1,157 @@
+"""One optimizer step: teacher on clean input, student on (noised) input, weighted loss terms,
+the pseudo-labelled share, gradient accumulation, clipping.
+
+`StudentStep` is an nn.Module holding the student and the learned parts of the losses, so that
+DistributedDataParallel can wrap exactly what trains.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from kdcli.batches import Split, to_device
+from kdcli.cache import TeacherCache
+from kdcli.errors import TrainingDiverged
+from kdcli.losses.functional import mask_tokens, soft_cross_entropy
+from kdcli.models import Adapter, Outputs
+from kdcli.noise import add_noise
+from kdcli.profile import Profile
+
+
+class StudentStep(nn.Module):
+    """forward(batch, teacher outputs, micro index) -> (loss, {term: value})."""
+
+    def __init__(self, student: Adapter, losses: nn.ModuleList, student_needs: frozenset[str],
+                 profile: Profile, reader: Adapter, pseudo: tuple[Split, Tensor] | None) -> None:
+        super().__init__()
+        self.student_model = student.module  # registered, so DDP sees the student's parameters
+        self.losses = losses
+        self.adapter = student
+        self.student_needs = student_needs
+        self.profile = profile
+        self.reader = reader
+        self.pseudo = pseudo
+
+    def forward(self, batch: dict[str, Tensor], t_out: Outputs | None, micro: int
+                ) -> tuple[Tensor, dict[str, float]]:
+        cfg = self.profile.train
+        generator = torch.Generator().manual_seed(cfg.seed * 7_919 + micro)
+        s_out = self.adapter.forward(self._noised(batch, generator), self.student_needs)
+        loss, parts = weighted_total(self.losses, s_out, t_out, batch, micro)
+        if self.pseudo is not None:
+            p_loss = self._pseudo_loss(len(batch["index"]), micro, generator, batch["index"].device)
+            loss = loss + self.profile.pseudo.ratio * p_loss
+            parts["pseudo"] = self.profile.pseudo.ratio * p_loss.item()
+        return loss, parts
+
+    def _pseudo_loss(self, labelled: int, micro: int, generator: torch.Generator, device: torch.device) -> Tensor:
+        """Soft (or one-hot) cross entropy on ratio × batch pseudo-labelled samples (noisystudent main.py)."""
+        split, targets = self.pseudo  # type: ignore[misc]
+        count = max(1, round(self.profile.pseudo.ratio * labelled))
+        picked = cycle_indices(split.size, count, micro, self.profile.train.seed)
+        p_batch = to_device(split.collate(picked), device)
+        logits = self.adapter.forward(self._noised(p_batch, generator), frozenset({"logits"})).logits
+        p_loss = soft_cross_entropy(logits.float(), targets[picked].to(logits.device))
+        if not torch.isfinite(p_loss):
+            raise TrainingDiverged(f"micro-batch {micro + 1}: loss term 'pseudo' is {p_loss.item()}")
+        return p_loss
+
+    def _noised(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+        noise = self.profile.train.noise
+        if not (noise.token_mask or noise.randaugment):
+            return batch
+        tokenizer = getattr(self.reader, "tokenizer", None)
+        config = getattr(self.reader, "data_config", None) or {}
+        special = special_tokens(batch, tokenizer) if tokenizer is not None and "input_ids" in batch else None
+        return add_noise(batch, noise, mask_token_id=getattr(tokenizer, "mask_token_id", None), special=special,
+                         mean=config.get("mean"), std=config.get("std"), generator=generator)
+
+
+def teacher_outputs(teacher: Adapter | None, needs: frozenset[str], cache: TeacherCache | None,
+                    batch: dict[str, Tensor]) -> Outputs | None:
+    """The frozen teacher's outputs for a clean batch: from the cache, or a no-grad forward."""
+    if cache is not None:
+        return cache.outputs(batch["index"], batch, batch["index"].device)
+    if teacher is None or not needs:
+        return None
+    with torch.no_grad():
+        return teacher.forward(batch, needs)
+
+
+def optimizer_step(step_module: nn.Module, chunk: list[list[int]], step: int, split: Split, teacher: Adapter | None,
+                   t_needs: frozenset[str], cache: TeacherCache | None, mask_probability: float | None,
+                   reader: Adapter, cfg: Any, optimizer: Any, scheduler: Any, scaler: Any, params: list[Tensor],
+                   autocast: Callable, device: torch.device) -> dict[str, float]:
+    """Accumulate gradients over the chunk's micro-batches, clip, step. Returns the mean loss terms."""
+    terms: dict[str, float] = {}
+    for j, indices in enumerate(chunk):
+        batch = to_device(split.collate(indices), device)
+        if mask_probability is not None:
+            batch = mlm_mask(batch, reader, mask_probability, cfg.seed, step * cfg.grad_accum + j)
+        # Under DDP, only the last micro-batch all-reduces its gradients.
+        sync = nullcontext() if j == len(chunk) - 1 or not hasattr(step_module, "no_sync") else step_module.no_sync()
+        with sync, autocast():
+            t_out = teacher_outputs(teacher, t_needs, cache, batch)
+            loss, parts = step_module(batch, t_out, step * cfg.grad_accum + j)
+            scaler.scale(loss / len(chunk)).backward()
+        for name, value in parts.items():
+            terms[name] = terms.get(name, 0.0) + value / len(chunk)
+    if cfg.max_grad_norm:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return terms
+
+
+def weighted_total(losses: nn.ModuleList, s_out: Outputs, t_out: Outputs | None, batch: dict[str, Tensor],
+                   micro: int) -> tuple[Tensor, dict[str, float]]:
+    """Weighted sum of the loss terms; a NaN or inf stops the run, naming the step and the term."""
+    total: Tensor | float = 0.0
+    parts: dict[str, float] = {}
+    for i, loss in enumerate(losses):
+        value = loss(s_out, t_out, batch)
+        if not torch.isfinite(value):
+            raise TrainingDiverged(f"step {micro + 1}: loss term '{loss.kind}' (#{i}) is {value.item()}",
+                                   hint="lower train.lr, check the data; the last good checkpoint is kept")
+        name = loss.kind if sum(1 for other in losses if other.kind == loss.kind) == 1 else f"{loss.kind}.{i}"
+        parts[name] = loss.weight * value.item()
+        total = total + loss.weight * value
+    return total, parts  # type: ignore[return-value]
+
+
+def cycle_indices(size: int, count: int, micro: int, seed: int) -> list[int]:
+    """Micro-batch `micro`'s share of an endless, reshuffled-each-pass walk over `size` samples."""
+    start = micro * count
+    picked = []
+    for position in range(start, start + count):
+        cycle, offset = divmod(position, size)
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 31 + cycle))
+        picked.append(int(order[offset]))
+    return picked
+
+
+def mlm_mask(batch: dict[str, Tensor], reader: Adapter, probability: float, seed: int, micro: int
+             ) -> dict[str, Tensor]:
+    """MLM masking, the same for teacher and student, seeded by position so a resumed run masks alike."""
+    tokenizer = reader.tokenizer  # type: ignore[attr-defined]
+    ids = batch["input_ids"]
+    special = special_tokens(batch, tokenizer)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + micro)
+    masked, labels = mask_tokens(ids.cpu(), special.cpu(), tokenizer.mask_token_id, len(tokenizer),
+                                 probability, generator=generator)
+    return {**batch, "input_ids": masked.to(ids.device), "mlm_labels": labels.to(ids.device)}
+
+
+def special_tokens(batch: dict[str, Tensor], tokenizer: Any) -> Tensor:
+    """True where a token must never be masked: [CLS], [SEP], padding."""
+    ids = batch["input_ids"]
+    special = torch.tensor([tokenizer.get_special_tokens_mask(row, already_has_special_tokens=True)
+                            for row in ids.tolist()], dtype=torch.bool, device=ids.device)
+    return special | (batch["attention_mask"] == 0)

@@ -1,0 +1,50 @@
+"""Two CPU processes under torchrun (gloo): the run completes, rank 0 alone writes, and the student
+equals a single-process run with the same global batch (two micro-batches accumulated)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from kdcli.profile import load_profile
+from kdcli.student import init_student
+from kdcli.train import distill
+
+
+def _profile(write_profile, bert_cls: Path, data: Path) -> Path:
+    spec = {"name": "ddp", "task": "sequence-classification", "teacher": {"path": str(bert_cls)},
+            "student": {"path": "init", "init": {"layers": [0, 3]}},
+            "data": {"train": str(data), "max_length": 16},
+            "distill": {"losses": [{"kind": "ce", "weight": 0.5}, {"kind": "hinton"}, {"kind": "hidden_mse"}]},
+            "train": {"max_steps": 4, "batch_size": 6, "lr": 1e-3, "seed": 7, "log_every": 1,
+                      "checkpoint_every": 2, "threads": 1}, "output": "single"}
+    path = write_profile(spec)
+    init_student(load_profile(path))
+    config = path.parent / "init" / "config.json"  # no dropout: ranks and accumulation draw masks differently
+    values = json.loads(config.read_text())
+    values.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config.write_text(json.dumps(values))
+    return path
+
+
+def test_two_gloo_processes_match_one_process_with_accumulation(write_profile, bert_cls, sst_tiny, tmp_path):
+    path = _profile(write_profile, bert_cls, sst_tiny)
+    distill(load_profile(path, ["train.grad_accum=2"]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "kdcli", "distill", str(path), "--quiet", "--nproc", "2",
+                           "--set", "output=ddp"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = AutoModelForSequenceClassification.from_pretrained(tmp_path / "single" / "student").state_dict()
+    ddp = AutoModelForSequenceClassification.from_pretrained(tmp_path / "ddp" / "student").state_dict()
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], atol=1e-5, rtol=0, msg=key)
+    lines = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4]  # written once, by rank 0
+    leftovers = [p.name for p in (tmp_path / "ddp").rglob("*") if ".tmp" in p.name]
+    assert leftovers == []
