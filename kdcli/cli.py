@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
+from rich.markup import escape
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: checkpoints are local files
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -41,7 +42,9 @@ def command(name: str) -> Callable:
                 fn(*args, **kwargs)
             except KdcliError as exc:
                 _debug_traceback()
-                err.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True, soft_wrap=True)
+                # Messages hold user text (paths, "losses[hidden_mse]"): escaped, or rich eats it as markup.
+                err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, markup=True,
+                          soft_wrap=True)
                 if exc.hint:
                     err.print(f"  hint: {exc.hint}", highlight=False, markup=False, soft_wrap=True)
                 raise typer.Exit(exc.exit_code) from None
@@ -52,8 +55,8 @@ def command(name: str) -> Callable:
                 raise
             except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
                 _debug_traceback()
-                err.print(f"[bold red]error:[/] {type(exc).__name__}: {str(exc).strip()[:500]}", markup=True,
-                          highlight=False, soft_wrap=True)
+                err.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc).strip()[:500])}",
+                          markup=True, highlight=False, soft_wrap=True)
                 err.print("  hint: this looks like a bug in kdcli; rerun with KDCLI_DEBUG=1 for the traceback")
                 raise typer.Exit(1) from None
         return app.command(name)(run)
@@ -66,9 +69,12 @@ def _debug_traceback() -> None:
 
 
 def _quiet_libraries() -> None:
-    import transformers
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    # Through the environment, so that bad input fails fast, before transformers (and torch) load.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:  # already loaded by the caller: the environment is read too late
+        import transformers
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
 
 
 def _load(profile: Path, overrides: list[str] | None):  # noqa: ANN202 - kdcli.profile.Profile
@@ -79,8 +85,9 @@ def _load(profile: Path, overrides: list[str] | None):  # noqa: ANN202 - kdcli.p
 @command("check")
 def check(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Validate a profile; with checkpoints present, run one batch through teacher and student."""
+    loaded = _load(profile, set_)  # first: a bad profile fails before torch loads
     from kdcli.check import check_profile
-    report = check_profile(_load(profile, set_))
+    report = check_profile(loaded)
     if json_:
         print_json(report)
         return
@@ -100,8 +107,9 @@ def check(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False) -> N
 @command("init-student")
 def init_student_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Derive a smaller student from the teacher: kept layers copied bit for bit."""
+    loaded = _load(profile, set_)
     from kdcli.student import init_student
-    report = init_student(_load(profile, set_)).to_json()
+    report = init_student(loaded).to_json()
     if json_:
         print_json(report)
         return
@@ -121,10 +129,15 @@ def init_student_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = 
 @command("distill")
 def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False,
                 resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
+                nproc: Annotated[int, typer.Option(min=1, max=1024, help="Processes (devices) for data-parallel "
+                                                   "training, launched through torchrun.")] = 1,
                 ) -> None:
     """Train the student against the frozen teacher."""
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_torchrun(nproc))
     from kdcli.train import distill
-    with progress(quiet) as bar:
+    main_rank = os.environ.get("RANK", "0") == "0"
+    with progress(quiet or not main_rank) as bar:
         task = bar.add_task("distill", total=None, info="")
 
         def on_step(record: dict) -> None:
@@ -132,12 +145,30 @@ def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False
                        description=f"distill [{record['stage']}]",
                        info=f"loss {record['loss']:.4f} · {record['samples_per_s']:.0f} samples/s")
         summary = distill(_load(profile, set_), resume=resume, on_step=on_step)
+    if not main_rank:
+        return
     if json_:
         print_json(summary)
         return
     err.print(f"[green]done[/]: student written to {summary['student']}")
     if summary["eval"]:
         err.print(table("eval (student)", ["metric", "value"], summary["eval"].items()))
+
+
+def _torchrun(nproc: int) -> int:
+    """Run this same distill command under torch.distributed.run with nproc processes."""
+    import subprocess
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "kdcli", *args]
+    return subprocess.call(command)
 
 
 @command("pseudo-label")
@@ -147,10 +178,11 @@ def pseudo_label_cmd(
     output: Annotated[Optional[Path], typer.Option(help="labels.jsonl path (default RUN/pseudo/labels.jsonl).")] = None,
 ) -> None:
     """Label unlabeled data with the teacher (Noisy Student): JSONL with label, confidence, top-k."""
+    loaded = _load(profile, set_)
     from kdcli.pseudo import pseudo_label
     with progress(quiet) as bar:
         task = bar.add_task("pseudo-label", total=None, info="")
-        result = pseudo_label(_load(profile, set_), input_, output,
+        result = pseudo_label(loaded, input_, output,
                               on_batch=lambda done, total: bar.update(task, completed=done, total=total))
     if json_:
         print_json(result)
@@ -168,8 +200,9 @@ def noisy_student_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted loop.")] = False,
 ) -> None:
     """pseudo-label then distill, round after round; each round's student teaches the next."""
+    loaded = _load(profile, set_)
     from kdcli.noisy import noisy_student
-    result = noisy_student(_load(profile, set_), rounds, resume=resume, on_event=lambda m: err.print(m))
+    result = noisy_student(loaded, rounds, resume=resume, on_event=lambda m: err.print(m))
     if json_:
         print_json(result)
         return
@@ -188,8 +221,8 @@ def evaluate_cmd(
     max_kl: Annotated[Optional[float], typer.Option(help="Gate: exit 1 above this teacher-student KL.")] = None,
 ) -> None:
     """Teacher and student side by side: accuracy, agreement, retention, size, speed; CI gates."""
-    from kdcli.evaluate import Gates, check_gates, evaluate
     loaded = _load(profile, set_)
+    from kdcli.evaluate import Gates, check_gates, evaluate
     report = evaluate(loaded, model, output)
     if json_:
         print_json({**report, "output_dir": str(loaded.output)})
@@ -216,17 +249,22 @@ def export_cmd(
     atol: Annotated[Optional[float], typer.Option(min=0.0, help="Parity tolerance (default by family).")] = None,
     quantize: Annotated[Optional[str], typer.Option(help="int8: also write a dynamically quantized model.")] = None,
     latency: Annotated[bool, typer.Option(help="Measure teacher vs student latency.")] = True,
+    latency_seconds: Annotated[float, typer.Option(min=0.0, help="Least timed seconds per latency measurement "
+                                                   "(each also runs at least 10 times).")] = 0.5,
 ) -> None:
     """The student to ONNX, checked against PyTorch in onnxruntime, with a latency report."""
-    from kdcli.ship import export_profile, parity_gate
     if quantize not in (None, "int8"):
         raise BadInput(f"--quantize {quantize}: only int8 is supported", hint="use --quantize int8")
-    result = export_profile(_load(profile, set_), student, output, atol, quantize, latency,
-                            on_event=None if json_ else lambda m: err.print(m))
+    loaded = _load(profile, set_)
+    from kdcli.ship import export_profile, parity_gate
+    result = export_profile(loaded, student, output, atol, quantize, latency,
+                            on_event=None if json_ else lambda m: err.print(m), latency_seconds=latency_seconds)
     if json_:
         print_json(result)
     else:
         _print_parity(result["parity"])
+        if "int8" in result:
+            _print_int8(result["int8"])
         if "latency" in result:
             _print_latency(result["latency"])
         err.print(f"written to {result['output_dir']}")
@@ -237,6 +275,14 @@ def _print_parity(parity: dict) -> None:
     rows = [[name, o["max_abs_diff"], "ok" if o["ok"] else "FAIL"] for name, o in parity["outputs"].items()]
     err.print(table(f"parity (atol {parity['atol']:g}, {len(parity['shapes'])} shapes)",
                     ["output", "max abs diff", ""], rows))
+
+
+def _print_int8(int8: dict) -> None:
+    # Informational: int8 is close to fp32, never within fp32's tolerance, so it is not gated.
+    diffs = ", ".join(f"{name} {'inf' if o['max_abs_diff'] is None else format(o['max_abs_diff'], '.3g')}"
+                      for name, o in int8["parity"]["outputs"].items())
+    err.print(f"int8: {int8['onnx']} ({human_bytes(int8['size_bytes'])}), max abs diff to PyTorch: {diffs} "
+              "(not gated; see parity.int8.json)", highlight=False, markup=False, soft_wrap=True)
 
 
 def _print_latency(report: dict) -> None:

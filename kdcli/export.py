@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from kdcli.errors import BadInput, KdcliError
+from kdcli.io import sibling_tmp
 
 DEFAULT_OPSET = 18
 
@@ -92,14 +93,6 @@ def _as_outputs(out: Any, output_names: Sequence[str]) -> list[Tensor]:
 
 def _to_numpy(t: Tensor) -> np.ndarray:
     return t.detach().cpu().contiguous().numpy()
-
-
-def _atomic_tmp(path: Path, suffix: str) -> Path:
-    """A fresh temp file name next to ``path`` (same filesystem, so os.replace is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
 
 
 def _unlink_quietly(p: Path) -> None:
@@ -226,7 +219,7 @@ def export_onnx(
         {a: torch.export.Dim.AUTO for a in in_axes[n]} if in_axes.get(n) else None for n in input_names
     )
 
-    tmp = _atomic_tmp(path, ".onnx.tmp")
+    tmp = sibling_tmp(path, ".onnx.tmp")
     try:
         with _eval_mode(module), torch.no_grad(), warnings.catch_warnings():
             # "The axis name: seq will not be used, since it shares the same shape
@@ -519,7 +512,7 @@ def quantize_int8(onnx_path: Path, out_path: Path) -> Path:
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if not onnx_path.is_file():
         raise BadInput(f"ONNX file not found: {onnx_path}")
-    tmp = _atomic_tmp(out_path, ".onnx.tmp")
+    tmp = sibling_tmp(out_path, ".onnx.tmp")
     root = logging.getLogger()
     old_level = root.level
     try:

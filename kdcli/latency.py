@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from kdcli.errors import BadInput
+from kdcli.io import sibling_tmp
 
 MODEL_ORDER = ("teacher", "student")
 RUNTIME_ORDER = ("pytorch", "onnxruntime")
@@ -320,9 +320,7 @@ def plot_png(report: Mapping[str, Any], path: Path) -> Path | None:
     if series:
         ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    tmp = sibling_tmp(path, ".png")
     try:
         fig.savefig(tmp, format="png")
         os.replace(tmp, path)

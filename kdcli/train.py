@@ -81,6 +81,8 @@ def distill(profile: Profile, *, resume: bool = False, on_step: Progress | None 
     train, evalset = train_and_eval(profile, reader)
     pseudo = pseudo_split(profile, reader) if profile.data.pseudo else None
     state = _start(run, profile, resume, world)
+    if state.get("student") is not None:  # resumed: the checkpoint's weights, even past the last stage
+        student.module.load_state_dict(state["student"])
     main = world.main  # rank 0 alone evaluates and writes
     teacher_eval = _teacher_eval_outputs(teacher, evalset, profile, device) if main else None
     best = state.get("best")

@@ -1,0 +1,197 @@
+"""`kdcli export PROFILE`: model.onnx that onnxruntime runs like PyTorch, parity.json, latency.json, report.md.
+
+Latency is timed with `--latency-seconds 0` (each measurement: 3 warm-up calls, then 10 timed calls) and
+one batch size, so these tests cost what the exports cost. Neither tiny model matches PyTorch bit for bit
+in onnxruntime (max abs diff ~1e-8 for the BERT, ~1e-7 for resnet10t), so `--atol 0` fails for both.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from kdcli.batches import load_split
+from kdcli.check import load_student
+from kdcli.cli import app
+from kdcli.profile import load_profile
+from kdcli.student import init_student
+
+FAST = ["--latency-seconds", "0"]
+
+
+def export(*args: object):
+    return CliRunner().invoke(app, ["export", *[str(a) for a in args]])
+
+
+def write(path: Path, spec: dict) -> Path:
+    import yaml
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def text_job(tmp_path_factory, bert_cls) -> Path:
+    """The tiny BERT teacher, its 2-layer student in RUN/student, a few sentences to check parity on."""
+    root = tmp_path_factory.mktemp("ship-text")
+    (root / "eval.tsv").write_text("sentence\tlabel\n" + "".join(
+        f"{' '.join(['the film is', 'not', 'very'][: 1 + i % 3])} good {'and fun ' * (i % 4)}\t{i % 2}\n"
+        for i in range(12)))
+    path = write(root / "profile.yaml", {
+        "name": "ship", "task": "sequence-classification", "teacher": {"path": str(bert_cls)},
+        "student": {"path": "student-init", "init": {"layers": [0, 3], "drop": ["token_type_embeddings"]}},
+        "data": {"eval": "eval.tsv", "max_length": 16}, "output": "run", "export": {"batch_sizes": [2]},
+        "train": {"threads": 1}})  # one thread: timing tiny models is not slowed by a busy machine
+    init_student(load_profile(path))
+    shutil.copytree(root / "student-init", root / "run" / "student")  # stands in for a distilled student
+    return path
+
+
+@pytest.fixture(scope="module")
+def timm_job(tmp_path_factory, timm_resnet) -> Path:
+    root = tmp_path_factory.mktemp("ship-timm")
+    path = write(root / "profile.yaml", {
+        "name": "ship-img", "task": "image-classification",
+        "teacher": {"source": "timm", "path": str(timm_resnet), "arch": "resnet18", "num_classes": 10},
+        "student": {"path": "student-init", "init": {"architecture": "resnet10t"}},
+        "data": {"eval": "sklearn:digits", "image_size": 32, "limit": 16}, "output": "run",
+        "export": {"batch_sizes": [1]}, "train": {"threads": 1}})
+    init_student(load_profile(path))
+    return path
+
+
+def check_parity_json(parity: dict, atol: float, output: str) -> None:
+    assert {"ok", "atol", "outputs", "shapes"} <= set(parity)
+    assert parity["atol"] == atol and list(parity["outputs"]) == [output]
+    diff = parity["outputs"][output]["max_abs_diff"]
+    assert parity["ok"] is parity["outputs"][output]["ok"] is (diff <= atol)
+    assert len(parity["shapes"]) >= 2 and len({tuple(s) for s in parity["shapes"]}) == len(parity["shapes"])
+
+
+def check_latency_json(latency: dict, shape_key: str, shape: int, batch_sizes: list[int]) -> None:
+    rows = latency["rows"]
+    assert {(r["model"], r["runtime"], r["batch_size"]) for r in rows} == {
+        (m, rt, b) for m in ("teacher", "student") for rt in ("pytorch", "onnxruntime") for b in batch_sizes}
+    assert len(rows) == 4 * len(batch_sizes) and latency["threads"] == 1  # train.threads
+    for r in rows:
+        assert r[shape_key] == shape
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["samples_per_s"] == pytest.approx(r["batch_size"] * 1000 / r["p50_ms"], rel=1e-2)
+        assert r["runs"] >= 10
+    p50 = {(r["model"], r["runtime"], r["batch_size"]): r["p50_ms"] for r in rows}
+    assert set(latency["speedup"]) == {"pytorch", "onnxruntime"}
+    for runtime, by_batch in latency["speedup"].items():
+        assert set(by_batch) == {str(b) for b in batch_sizes}
+        for b, x in by_batch.items():
+            expected = p50[("teacher", runtime, int(b))] / p50[("student", runtime, int(b))]
+            assert x == pytest.approx(expected, rel=1e-2)
+    assert set(latency["size_bytes"]) == {"teacher", "student"}
+
+
+def onnx_matches_student(profile_path: Path, student_dir: Path, onnx: Path, atol: float) -> None:
+    """An independent look: run a real eval batch through onnxruntime and through the student in PyTorch."""
+    profile = load_profile(profile_path)
+    student = load_student(profile, student_dir)
+    split = load_split(profile, "eval", student, labels=False)
+    batch = split.collate(list(range(min(5, split.size))))
+    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    feed = {i.name: batch[i.name].numpy() for i in session.get_inputs()}
+    (got,) = session.run(["logits"], feed)
+    with torch.inference_mode():
+        want = student.forward(batch).logits.numpy()
+    assert got.shape == want.shape == (min(5, split.size), student.num_labels or 10)
+    np.testing.assert_allclose(got, want, atol=atol, rtol=0)
+
+
+# --- a transformers student -------------------------------------------------------------------------
+
+def test_text_export_writes_everything(text_job):
+    result = export(text_job, "--json", *FAST)
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    out = text_job.parent / "run" / "export"
+    assert printed["output_dir"] == str(out)
+    for name in ("model.onnx", "parity.json", "latency.json", "report.md"):
+        assert (out / name).is_file(), name
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity == printed["parity"]
+    check_parity_json(parity, 1e-4, "logits")
+    assert parity["ok"] is True
+    latency = json.loads((out / "latency.json").read_text())
+    check_latency_json(latency, "seq_len", parity["shapes"][0][1], [2])
+    assert latency["size_bytes"]["student"] == (out / "model.onnx").stat().st_size
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Latency report") and "| student | onnxruntime | 2 |" in report
+    assert "Parity: PASS" in report and "teacher" in report
+    onnx_matches_student(text_job, text_job.parent / "run" / "student", out / "model.onnx", 1e-4)
+
+
+def test_text_atol_zero_fails_with_the_parity_table(text_job, tmp_path):
+    result = export(text_job, "--atol", "0", "--no-latency", "--output", tmp_path)
+    assert result.exit_code == 1, result.output
+    parity = json.loads((tmp_path / "parity.json").read_text())
+    check_parity_json(parity, 0.0, "logits")
+    diff = parity["outputs"]["logits"]["max_abs_diff"]
+    assert parity["ok"] is False and 0 < diff < 1e-4
+    assert "parity (atol 0" in result.stderr and "FAIL" in result.stderr
+    assert f"error: ONNX output does not match PyTorch within atol 0 (logits: max abs diff {diff})" in result.stderr
+    assert "hint: see parity.json" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "latency.json").exists()
+
+
+def test_text_int8(text_job, tmp_path):
+    result = export(text_job, "--quantize", "int8", "--no-latency", "--output", tmp_path)
+    assert result.exit_code == 0, result.output  # int8 parity is reported; the gate is the fp32 one
+    assert (tmp_path / "model.int8.onnx").is_file()
+    parity = json.loads((tmp_path / "parity.int8.json").read_text())
+    check_parity_json(parity, 1e-4, "logits")
+    fp32 = json.loads((tmp_path / "parity.json").read_text())["outputs"]["logits"]["max_abs_diff"]
+    assert fp32 < parity["outputs"]["logits"]["max_abs_diff"] < 0.1  # int8 is close, not exact
+    diff = parity["outputs"]["logits"]["max_abs_diff"]
+    assert f"int8: {tmp_path / 'model.int8.onnx'} (" in result.stderr
+    assert f"max abs diff to PyTorch: logits {diff:.3g} (not gated" in result.stderr
+    onnx_matches_student(text_job, text_job.parent / "run" / "student", tmp_path / "model.int8.onnx", 0.1)
+
+
+def test_bad_input_exits_2(text_job, tmp_path):
+    result = export(text_job, "--student", tmp_path / "nothing")
+    assert result.exit_code == 2 and "error: no student at" in result.stderr
+    result = export(text_job, "--quantize", "int4")
+    assert result.exit_code == 2 and "only int8 is supported" in result.stderr
+
+
+# --- a timm student ------------------------------------------------------------------------------------
+
+def test_timm_export(timm_job):
+    student = timm_job.parent / "student-init"
+    result = export(timm_job, "--student", student, *FAST)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""  # human output: stderr only
+    out = timm_job.parent / "run" / "export"
+    for name in ("model.onnx", "parity.json", "latency.json", "report.md"):
+        assert (out / name).is_file(), name
+    parity = json.loads((out / "parity.json").read_text())
+    check_parity_json(parity, 1e-3, "logits")
+    assert parity["ok"] is True
+    # Real digits at image_size, then timm's own example size: the spatial axes are dynamic too.
+    assert [s[1:] for s in parity["shapes"][:-1]] == [[3, 32, 32]] * (len(parity["shapes"]) - 1)
+    assert parity["shapes"][-1][2] != 32
+    check_latency_json(json.loads((out / "latency.json").read_text()), "image_size", 32, [1])
+    assert "Parity: PASS" in (out / "report.md").read_text()
+    assert "student speed-up over teacher" in result.stderr and f"written to {out}" in result.stderr
+    onnx_matches_student(timm_job, student, out / "model.onnx", 1e-3)
+
+
+def test_timm_atol_zero_fails(timm_job, tmp_path):
+    result = export(timm_job, "--student", timm_job.parent / "student-init", "--atol", "0", "--no-latency",
+                    "--output", tmp_path)
+    assert result.exit_code == 1, result.output
+    parity = json.loads((tmp_path / "parity.json").read_text())
+    assert parity["ok"] is False and parity["outputs"]["logits"]["max_abs_diff"] > 0
+    assert "does not match PyTorch within atol 0" in result.stderr
