@@ -77,6 +77,8 @@ def distill(profile: Profile, *, resume: bool = False, on_step: Progress | None 
     if teacher is not None:
         teacher.to(device).module.requires_grad_(False)
         teacher.module.eval()  # frozen: no dropout, no grads, ever
+    if cfg.compile:
+        student.module.compile()  # in place: parameter names (and so checkpoints) stay as they are
     reader = teacher or student  # the teacher's tokenizer and label ids define the data
     train, evalset = train_and_eval(profile, reader)
     pseudo = pseudo_split(profile, reader) if profile.data.pseudo else None
