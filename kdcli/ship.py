@@ -17,10 +17,11 @@ from torch import Tensor
 from kdcli.batches import Split, load_split
 from kdcli.check import load_student, load_teacher
 from kdcli.errors import BadInput, GateFailed
-from kdcli.export import check_parity, default_atol, export_onnx, quantize_int8
+from kdcli.export import export_onnx
 from kdcli.io import atomic_write_json, atomic_write_text
 from kdcli.latency import latency_report, latency_rows, plot_png, render_markdown
 from kdcli.models import Adapter, dir_size
+from kdcli.parity import check_parity, default_atol, quantize_int8
 from kdcli.profile import Profile
 
 

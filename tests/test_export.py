@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from kdcli.errors import BadInput, KdcliError
-from kdcli.export import (
+from kdcli.export import export_onnx
+from kdcli.parity import (
     ParityReport,
     check_parity,
     default_atol,
-    export_onnx,
     ort_session,
     quantize_int8,
 )
