@@ -16,34 +16,30 @@ The baseline and the round-1 student start from the same initial weights (same s
 through init-student), so the only difference between them is the pseudo-labelled data. Every model
 is scored once, at its last step, on the test split. Prints one JSON object.
 
-    python bench/noisy_student_digits.py [--seeds 0 1 2] [--out runs/digits-ns] [--threads 1] [--clean-teacher]
+    python -m bench.noisy_student_digits [--seeds 0 1 2] [--out runs/digits-ns] [--threads 1] [--clean-teacher]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import torch
+from safetensors.torch import load_file
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+from bench.common import emit
+from kdcli.noisy import noisy_student
+from kdcli.profile import load_profile
+from kdcli.student import init_student
+from kdcli.train import distill
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from kdcli.noisy import noisy_student  # noqa: E402
-from kdcli.profile import load_profile  # noqa: E402
-from kdcli.student import init_student  # noqa: E402
-from kdcli.train import distill  # noqa: E402
-
 PROFILE = ROOT / "profiles" / "digits-noisy-student.yaml"
 TEST_FRACTION, TEST_SEED = 0.2, 1234
 
@@ -157,7 +153,7 @@ def main() -> None:
                   "labelled_per_class": args.labelled_per_class,
                   "epochs": profile.train.epochs, "batch_size": profile.train.batch_size,
                   "pseudo": profile.pseudo.model_dump(), "image_size": profile.data.image_size,
-                  "threads": args.threads or torch.get_num_threads(), "torch": torch.__version__},
+                  "threads": args.threads or torch.get_num_threads()},
         "accuracy": summary,
         "gain_over_baseline": mean_std([s["gain"] for s in seeds]),
         "gain_over_teacher": mean_std([s["accuracy"]["noisy_student_round1"] - s["accuracy"]["teacher"]
@@ -165,7 +161,7 @@ def main() -> None:
         "seeds": seeds,
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
-    print(json.dumps(report, indent=2))
+    emit(report)
 
 
 if __name__ == "__main__":

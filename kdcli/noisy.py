@@ -47,7 +47,8 @@ def noisy_student(profile: Profile, rounds: int, *, resume: bool = False,
             _say(on_event, f"round {r}: pseudo-labelling with {teacher_path}")
             labelled = pseudo_label(round_profile, output=labels)
             atomic_write_json(folder / "pseudo" / "summary.json", labelled)
-            _say(on_event, f"round {r}: {labelled['kept']} of {labelled['total']} samples kept")
+            _say(on_event, f"round {r}: {labelled['kept_samples']} of {labelled['total']} samples kept, "
+                           f"{labelled['kept']} records")
             # timm draws a fresh head/blocks from the global RNG: seeded, a rerun builds the same init.
             torch.manual_seed(profile.train.seed)
             init_student(_round_profile(profile, profile.teacher.path, folder, labels))
@@ -55,7 +56,7 @@ def noisy_student(profile: Profile, rounds: int, *, resume: bool = False,
         summary = distill(_without_teacher_losses(round_profile), resume=resuming)
         pseudo = _read_json(folder / "pseudo" / "summary.json") or {}
         state["rounds"].append({"round": r, "teacher": str(teacher_path), "student": summary["student"],
-                                "pseudo": {"total": pseudo.get("total"), "kept": pseudo.get("kept")},
+                                "pseudo": {k: pseudo.get(k) for k in ("total", "kept_samples", "kept")},
                                 "eval": summary["eval"]})
         atomic_write_json(state_file, state)
         teacher_path = Path(summary["student"])

@@ -40,7 +40,9 @@ def pseudo_label(profile: Profile, input_path: Path | None = None, output: Path 
     kept = select(records, spec)
     out = Path(output) if output else profile.output / "pseudo" / "labels.jsonl"
     atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in kept))
-    return {"output": str(out), "total": len(records), "kept": len(kept), "summary": summarize(records, kept, names)}
+    # kept counts records (balancing repeats rare classes); kept_samples counts distinct inputs.
+    return {"output": str(out), "total": len(records), "kept": len(kept),
+            "kept_samples": len({r["id"] for r in kept}), "summary": summarize(records, kept, names)}
 
 
 @torch.inference_mode()
