@@ -129,26 +129,3 @@ def subset(split: Split, indices: list[int]) -> Split:
 def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
-
-def pseudo_split(profile: Profile, model: Adapter) -> tuple[Split, Tensor]:
-    """The pseudo-labelled samples of data.pseudo, and their targets (soft top-k or one-hot)."""
-    from kdcli.pseudo import read_labels
-    rows = read_labels(Path(profile.data.pseudo))
-    classes = model.num_labels or 1 + max(int(r["label"]) for r in rows)
-    if model.family == "timm":
-        split = subset(load_split(profile, "unlabeled", model, labels=False), [int(r["id"]) for r in rows])
-    else:
-        examples = [data.TextExample(text=r["text"], label=None, source=str(r.get("source", r["id"]))) for r in rows]
-        features = data.tokenize(examples, model.tokenizer, profile.data.max_length)  # type: ignore[attr-defined]
-        split = Split(kind="text", size=len(features), lengths=[len(f["input_ids"]) for f in features],
-                      features=features, sources=[e.source for e in examples], texts=[e.text for e in examples],
-                      pad_token_id=model.tokenizer.pad_token_id or 0)  # type: ignore[attr-defined]
-    targets = torch.zeros(len(rows), classes)
-    for i, row in enumerate(rows):
-        if profile.pseudo.soft:
-            for label, prob in row["topk"]:
-                targets[i, int(label)] = float(prob)
-            targets[i] /= targets[i].sum().clamp_min(1e-12)
-        else:
-            targets[i, int(row["label"])] = 1.0
-    return split, targets

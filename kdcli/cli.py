@@ -202,7 +202,8 @@ def noisy_student_cmd(
     """pseudo-label then distill, round after round; each round's student teaches the next."""
     loaded = _load(profile, set_)
     from kdcli.noisy import noisy_student
-    result = noisy_student(loaded, rounds, resume=resume, on_event=lambda m: err.print(m))
+    result = noisy_student(loaded, rounds, resume=resume,
+                           on_event=lambda m: err.print(m, markup=False, highlight=False))
     if json_:
         print_json(result)
         return

@@ -14,11 +14,14 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-from kdcli.batches import Split, load_split, to_device
+from kdcli.batches import Split, load_split, subset, to_device
 from kdcli.check import load_teacher
+from kdcli.data import TextExample, tokenize
 from kdcli.errors import BadInput, DataError
 from kdcli.io import atomic_write_text
+from kdcli.models import Adapter
 from kdcli.profile import Profile, PseudoSpec
 
 
@@ -118,3 +121,31 @@ def read_labels(path: Path) -> list[dict[str, Any]]:
     if not rows:
         raise DataError(f"{path}: no pseudo-labelled samples")
     return rows
+
+
+def pseudo_split(profile: Profile, model: Adapter) -> tuple[Split, Tensor]:
+    """The pseudo-labelled samples of data.pseudo, and their targets (soft top-k or one-hot)."""
+    rows = read_labels(Path(profile.data.pseudo))
+    classes = model.num_labels or 1 + max(int(r["label"]) for r in rows)
+    if model.family == "timm":
+        split = subset(load_split(profile, "unlabeled", model, labels=False), [int(r["id"]) for r in rows])
+        stray = next((r for r, source in zip(rows, split.sources) if r.get("source") != source), None)
+        if stray is not None:  # ids are positions in data.unlabeled: labels from another file would misalign
+            raise DataError(f"data.pseudo: record {stray['id']} was made from {stray.get('source')!r}, but "
+                            f"data.unlabeled has {split.sources[rows.index(stray)]!r} there",
+                            hint="pseudo-label the same file that data.unlabeled names")
+    else:
+        examples = [TextExample(text=r["text"], label=None, source=str(r.get("source", r["id"]))) for r in rows]
+        features = tokenize(examples, model.tokenizer, profile.data.max_length)  # type: ignore[attr-defined]
+        split = Split(kind="text", size=len(features), lengths=[len(f["input_ids"]) for f in features],
+                      features=features, sources=[e.source for e in examples], texts=[e.text for e in examples],
+                      pad_token_id=model.tokenizer.pad_token_id or 0)  # type: ignore[attr-defined]
+    targets = torch.zeros(len(rows), classes)
+    for i, row in enumerate(rows):
+        if profile.pseudo.soft:
+            for label, prob in row["topk"]:
+                targets[i, int(label)] = float(prob)
+            targets[i] /= targets[i].sum().clamp_min(1e-12)
+        else:
+            targets[i, int(row["label"])] = 1.0
+    return split, targets

@@ -26,8 +26,10 @@ class StudentStep(nn.Module):
     """forward(batch, teacher outputs, micro index) -> (loss, {term: value})."""
 
     def __init__(self, student: Adapter, losses: nn.ModuleList, student_needs: frozenset[str],
-                 profile: Profile, reader: Adapter, pseudo: tuple[Split, Tensor] | None) -> None:
+                 profile: Profile, reader: Adapter, pseudo: tuple[Split, Tensor] | None,
+                 rank: int = 0, world_size: int = 1) -> None:
         super().__init__()
+        self.rank, self.world_size = rank, world_size
         self.student_model = student.module  # registered, so DDP sees the student's parameters
         self.losses = losses
         self.adapter = student
@@ -39,25 +41,30 @@ class StudentStep(nn.Module):
     def forward(self, batch: dict[str, Tensor], t_out: Outputs | None, micro: int
                 ) -> tuple[Tensor, dict[str, float]]:
         cfg = self.profile.train
-        generator = torch.Generator().manual_seed(cfg.seed * 7_919 + micro)
+        position = micro * self.world_size + self.rank  # ranks draw different noise and pseudo samples
+        generator = torch.Generator().manual_seed(cfg.seed * 7_919 + position)
         s_out = self.adapter.forward(self._noised(batch, generator), self.student_needs)
         loss, parts = weighted_total(self.losses, s_out, t_out, batch, micro)
-        if self.pseudo is not None:
-            p_loss = self._pseudo_loss(len(batch["index"]), micro, generator, batch["index"].device)
+        if self.pseudo is not None and self.profile.pseudo.ratio > 0:
+            p_loss = self._pseudo_loss(len(batch["index"]), position, generator, batch["index"].device)
             loss = loss + self.profile.pseudo.ratio * p_loss
             parts["pseudo"] = self.profile.pseudo.ratio * p_loss.item()
         return loss, parts
 
-    def _pseudo_loss(self, labelled: int, micro: int, generator: torch.Generator, device: torch.device) -> Tensor:
-        """Soft (or one-hot) cross entropy on ratio × batch pseudo-labelled samples (noisystudent main.py)."""
+    def _pseudo_loss(self, labelled: int, position: int, generator: torch.Generator, device: torch.device
+                     ) -> Tensor:
+        """Soft (or one-hot) cross entropy on ratio × batch pseudo-labelled samples (noisystudent main.py).
+
+        A separate forward from the labelled part, so BatchNorm statistics are per part (main.py
+        concatenates the two into one batch)."""
         split, targets = self.pseudo  # type: ignore[misc]
         count = max(1, round(self.profile.pseudo.ratio * labelled))
-        picked = cycle_indices(split.size, count, micro, self.profile.train.seed)
+        picked = cycle_indices(split.size, count, position, self.profile.train.seed)
         p_batch = to_device(split.collate(picked), device)
         logits = self.adapter.forward(self._noised(p_batch, generator), frozenset({"logits"})).logits
         p_loss = soft_cross_entropy(logits.float(), targets[picked].to(logits.device))
         if not torch.isfinite(p_loss):
-            raise TrainingDiverged(f"micro-batch {micro + 1}: loss term 'pseudo' is {p_loss.item()}")
+            raise TrainingDiverged(f"micro-batch {position + 1}: loss term 'pseudo' is {p_loss.item()}")
         return p_loss
 
     def _noised(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:

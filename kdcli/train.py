@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 import kdcli
-from kdcli.batches import Split, pseudo_split, train_and_eval
+from kdcli.batches import Split, train_and_eval
 from kdcli.cache import TeacherCache
 from kdcli.check import load_student, load_teacher
 from kdcli.checkpoint import restore, save_checkpoint
@@ -32,6 +32,7 @@ from kdcli.losses import build_losses, needs
 from kdcli.metrics import collect, evaluate_pair, outputs_of
 from kdcli.models import Adapter
 from kdcli.profile import Profile, profile_json
+from kdcli.pseudo import pseudo_split
 from kdcli.step import StudentStep, optimizer_step
 
 Progress = Callable[[dict[str, Any]], None]
@@ -113,7 +114,8 @@ def distill(profile: Profile, *, resume: bool = False, on_step: Progress | None 
                 torch.manual_seed(cfg.seed + world.rank * 1_000_003 + step)
         mask_spec = next((spec for spec in stage.losses if spec.kind == "mlm"), None)
         cache = _teacher_cache(cfg, teacher, train, t_needs, losses, device, run, stage_index, world)
-        step_module: nn.Module = StudentStep(student, losses, s_needs, profile, reader, pseudo)
+        step_module: nn.Module = StudentStep(student, losses, s_needs, profile, reader, pseudo,
+                                             world.rank, world.size)
         if world.distributed:
             step_module = DistributedDataParallel(step_module, find_unused_parameters=True,
                                                   device_ids=[device.index] if device.type == "cuda" else None)

@@ -15,12 +15,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from typer.testing import CliRunner
 
 import kdcli.train
-from kdcli.batches import load_split, pseudo_split
+from kdcli.batches import load_split
 from kdcli.check import load_student, load_teacher
 from kdcli.cli import app
 from kdcli.errors import DataError
 from kdcli.profile import PseudoSpec, load_profile
-from kdcli.pseudo import pseudo_label, read_labels, select, summarize
+from kdcli.pseudo import pseudo_label, pseudo_split, read_labels, select, summarize
 from kdcli.step import cycle_indices
 from kdcli.student import init_student
 from kdcli.train import distill
