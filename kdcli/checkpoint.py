@@ -1,13 +1,14 @@
 """Training checkpoints for --resume: weights, learned loss parts, optimizer, schedule, scaler, RNG.
 
-Written atomically (a temporary file, then one rename), and loadable with weights_only=True.
+Written atomically (a temporary file, fsynced, then one rename), and loadable with weights_only=True.
+A full disk fails the write with a KdcliError naming the file; the previous checkpoint stays intact.
 """
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -29,8 +30,32 @@ def save_checkpoint(path: Path, stage: int, step: int, student: Adapter, losses:
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": _numpy_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        sink = _Sink(handle)
+        try:
+            torch.save(state, sink)
+        except RuntimeError:
+            if sink.error is not None:  # torch reports a failed write as "unexpected pos": say why
+                raise sink.error from None
+            raise
+
+
+class _Sink:
+    """A file torch.save writes through, keeping the OSError (disk full, EFBIG) that torch swallows."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def _numpy_state() -> tuple:

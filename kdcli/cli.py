@@ -10,6 +10,7 @@ import functools
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -71,6 +72,9 @@ def _debug_traceback() -> None:
 def _quiet_libraries() -> None:
     # Through the environment, so that bad input fails fast, before transformers (and torch) load.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if os.environ.get("KDCLI_DEBUG") != "1":
+        # torch warns about a refused pickle's protocol before kdcli's own error: one message, not two.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\._weights_only_unpickler")
     if "transformers" in sys.modules:  # already loaded by the caller: the environment is read too late
         import transformers
         transformers.utils.logging.set_verbosity_error()

@@ -24,6 +24,9 @@ from torch import Tensor
 from kdcli.errors import DataError
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".txt")
+# csv's own field limit, for every format: even at max_length 8192 tokens a model reads a small part of a
+# longer text, and one runaway line (an unclosed quote, a binary file) would otherwise be tokenized whole.
+MAX_TEXT_CHARS = 131_072
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SOURCES = ("sklearn:digits",)
 
@@ -64,7 +67,7 @@ def read_text(path: Path | str, text_column: str = "sentence", label_column: str
     if suffix == ".jsonl":
         rows = _jsonl_rows(path, content, text_column, label_column)
     elif suffix == ".txt":
-        rows = [_Row(n, line.strip(), None, f"{path.name}:{n}")
+        rows = [_Row(n, _text_of(path, n, line.strip()), None, f"{path.name}:{n}")
                 for n, line in enumerate(content.split("\n"), 1) if line.strip()]
     else:
         rows = _table_rows(path, content, suffix == ".tsv", text_column, label_column, require_labels)
@@ -116,18 +119,27 @@ def _table_rows(path: Path, content: str, tsv: bool, text_column: str, label_col
     ti = header.index(text_column)
     li = header.index(label_column) if has_label else None
     rows = []
+    records: list[tuple[int, int, list[str]]] = []  # (first line, last line, fields): a quoted field spans lines
+    start = reader.line_num + 1
     try:
-        records = [(reader.line_num, row) for row in reader]
-    except csv.Error as err:  # NUL bytes, an unclosed quote...
-        raise DataError(f"{path}, line {reader.line_num}: {err}", hint="fix the row's quoting") from None
-    for line, row in records:
+        for row in reader:
+            records.append((start, reader.line_num, row))
+            start = reader.line_num + 1
+    except csv.Error as err:  # NUL bytes, an unclosed quote, a field over csv's limit...
+        if "field limit" in str(err):
+            raise DataError(f"{path}, line {start}: a field longer than {MAX_TEXT_CHARS:,} characters",
+                            hint="is a quote left open on that line? otherwise split the text into shorter "
+                                 "examples") from None
+        raise DataError(f"{path}, line {start}: {err}", hint="fix the row's quoting") from None
+    for line, end, row in records:
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
             hint = ("tsv is read without quoting: remove tabs inside the text" if tsv
+                    else f"a quote opened on line {line} closes on line {end}: is one missing?" if end > line
                     else "quote fields that contain commas")
             raise DataError(f"{path}, line {line}: {len(row)} fields, the header has {len(header)}", hint=hint)
-        text = row[ti].strip()
+        text = _text_of(path, line, row[ti].strip())
         if not text:
             raise DataError(f"{path}, line {line}: empty text in column '{text_column}'",
                             hint="fill in the text or remove the row")
@@ -146,6 +158,9 @@ def _jsonl_rows(path: Path, content: str, text_column: str, label_column: str | 
         except json.JSONDecodeError as err:
             raise DataError(f"{path}, line {line}: invalid JSON ({err.msg}, column {err.colno})",
                             hint="each line must be one JSON object") from None
+        except (ValueError, RecursionError) as err:  # a 5000-digit number, [[[[... nested past the stack
+            raise DataError(f"{path}, line {line}: unreadable JSON ({str(err).split(';')[0][:120]})",
+                            hint="each line must be one flat JSON object") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}, line {line}: expected a JSON object, got {type(obj).__name__}",
                             hint='write one object a line, e.g. {"sentence": "...", "label": 1}')
@@ -156,8 +171,16 @@ def _jsonl_rows(path: Path, content: str, text_column: str, label_column: str | 
                             hint="give every row a non-empty string text")
         source = str(obj["id"]) if obj.get("id") is not None else f"{path.name}:{line}"
         label = obj.get(label_column) if label_column is not None else None
-        rows.append(_Row(line, text.strip(), label, source))
+        rows.append(_Row(line, _text_of(path, line, text.strip()), label, source))
     return rows
+
+
+def _text_of(path: Path, line: int, text: str) -> str:
+    if len(text) > MAX_TEXT_CHARS:
+        raise DataError(f"{path}, line {line}: a text of {len(text):,} characters; kdcli reads at most "
+                        f"{MAX_TEXT_CHARS:,}", hint="split it into shorter examples (a model sees at most "
+                                                    "data.max_length tokens of it anyway)")
+    return text
 
 
 def _labels(path: Path, rows: list[_Row], label_column: str | None, label2id: dict[str, int] | None,
@@ -202,6 +225,36 @@ def _label_id(raw: Any, label2id: dict[str, int] | None) -> int | None:
     if label2id:  # "0"/"1" against {"negative": 0, "positive": 1}: accept the id itself
         return value if value in set(label2id.values()) else None
     return value if value >= 0 else None
+
+
+def check_train_labels(split: Any, source: str, *, num_classes: int | None, needed_by: str | None,
+                       label_column: str = "label") -> None:
+    """Training labels, checked before step 1 so the message names the file and the item, not a step.
+
+    `split` is a kdcli.batches.Split; `needed_by` the first loss that trains on labels (ce, dkd), if any.
+    Every label must be a class of the model's head (a class folder the teacher never saw would crash
+    cross entropy mid-run); a label loss needs labels, and at least two classes to learn anything.
+    """
+    if split.kind == "image":
+        labels = split.labels.tolist() if split.labels is not None else []
+    else:
+        labels = [f.get("label") for f in split.features]
+    present = [label for label in labels if label is not None]
+    if num_classes:
+        bad = next((i for i, label in enumerate(labels) if label is not None and not 0 <= label < num_classes), None)
+        if bad is not None:
+            raise DataError(f"{source}: {split.sources[bad]}: class {labels[bad]}, and the model knows "
+                            f"{num_classes} classes (0 to {num_classes - 1})",
+                            hint="the teacher was not trained on this class: drop it from the data, or use a "
+                                 "teacher that knows it")
+    if needed_by and not present:
+        what = "no class folders" if split.kind == "image" else f"no labels (column '{label_column}')"
+        raise DataError(f"{source}: {what}, and loss '{needed_by}' trains on labels",
+                        hint="add labels (or set data.label_column), or drop the loss")
+    if needed_by and len(set(present)) < 2:
+        raise DataError(f"{source}: every example has the same class ({present[0]}, e.g. {split.sources[0]}); "
+                        f"loss '{needed_by}' learns nothing from one class",
+                        hint="add examples of the other classes, or drop the loss")
 
 
 def tokenize(examples: Sequence[TextExample], tokenizer: Any, max_length: int) -> list[dict]:

@@ -8,6 +8,7 @@ checkpoint holds every RNG state, so `--resume` reproduces an uninterrupted run 
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from contextlib import nullcontext
@@ -25,10 +26,12 @@ from kdcli.batches import Split, train_and_eval
 from kdcli.cache import TeacherCache
 from kdcli.check import load_student, load_teacher
 from kdcli.checkpoint import restore, save_checkpoint
+from kdcli.data import check_train_labels
 from kdcli.distributed import World, barrier, join, leave, mean_terms
 from kdcli.errors import BadInput
 from kdcli.io import append_jsonl, atomic_write_text
-from kdcli.losses import build_losses, needs
+from kdcli.lock import run_lock
+from kdcli.losses import LOSSES, build_losses, needs
 from kdcli.metrics import collect, evaluate_pair, outputs_of
 from kdcli.models import Adapter
 from kdcli.profile import Profile, profile_json
@@ -63,6 +66,13 @@ class Run:
 
 def distill(profile: Profile, *, resume: bool = False, on_step: Progress | None = None) -> dict[str, Any]:
     """Train the student the profile names; return a summary. Writes the run folder as it goes."""
+    # One run per output folder: a second distill there refuses (exit 2) instead of overwriting this one.
+    # Rank 0 alone holds it under torchrun: the other ranks write nothing.
+    with run_lock(profile.output) if os.environ.get("RANK", "0") == "0" else nullcontext():
+        return _distill(profile, resume=resume, on_step=on_step)
+
+
+def _distill(profile: Profile, *, resume: bool, on_step: Progress | None) -> dict[str, Any]:
     cfg = profile.train
     run = Run(profile.output)
     device = pick_device(cfg.device)
@@ -82,6 +92,9 @@ def distill(profile: Profile, *, resume: bool = False, on_step: Progress | None 
         student.module.compile()  # in place: parameter names (and so checkpoints) stay as they are
     reader = teacher or student  # the teacher's tokenizer and label ids define the data
     train, evalset = train_and_eval(profile, reader)
+    label_loss = next((s.kind for s in profile.loss_specs() if LOSSES.get(s.kind).uses_labels), None)
+    check_train_labels(train, str(profile.data.train), num_classes=reader.num_labels, needed_by=label_loss,
+                       label_column=profile.data.label_column)
     pseudo = pseudo_split(profile, reader) if profile.data.pseudo else None
     state = _start(run, profile, resume, world)
     if state.get("student") is not None:  # resumed: the checkpoint's weights, even past the last stage

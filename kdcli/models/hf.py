@@ -182,14 +182,49 @@ def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head
                                   hint="pick a task that fits the checkpoint (profile field `task`)") from None
         raise CheckpointError(f"{path}: cannot load the weights: {_first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - safetensors/torch raise many types for torn files
+        if refused_pickle(exc):
+            raise CheckpointError(f"{path}: cannot load the weights: refused, a pickle that holds more than "
+                                  "tensors (loading it could run code)", hint=PICKLE_HINT) from None
         raise CheckpointError(f"{path}: cannot load the weights: {_first_line(exc)}",
                               hint="the weights file may be truncated or belong to another config") from None
+    # transformers fills weights the config names but the file lacks with random values, and drops weights
+    # the config does not name: either way a silently different model. Only a new head may be missing.
+    missing = _body_keys(model, info.get("missing_keys") or [])
+    unexpected = _body_keys(model, info.get("unexpected_keys") or [])
+    if missing or unexpected:
+        what = (f"{len(missing)} weights its config.json describes are missing (e.g. {missing[0]})" if missing
+                else f"{len(unexpected)} weights are not in its config.json (e.g. {unexpected[0]})")
+        raise CheckpointError(f"{path}: config.json and the weights disagree: {what}",
+                              hint="config.json was edited or belongs to another model: restore the folder "
+                                   "(save_pretrained), or re-run init-student")
     if info.get("missing_keys") and not allow_new_head:
         missing = sorted(info["missing_keys"])
         raise CheckpointError(f"{path}: the checkpoint lacks weights the {task} model needs: {', '.join(missing[:4])}",
                               hint="a teacher must be trained for its task; check the profile's `task`")
     model.eval()
     return HFAdapter(model, _load_tokenizer(path), task, path)
+
+
+def _body_keys(model: PreTrainedModel, keys: list[str]) -> list[str]:
+    """The keys that belong to the base model (embeddings, layers), not to a task head or the pooler."""
+    base = model.base_model
+    children = {name for name, _ in base.named_children()} - {"pooler"}
+    prefix = f"{model.base_model_prefix}."
+    body = []
+    for key in keys:
+        inner = key[len(prefix):] if key.startswith(prefix) else key if base is model else None
+        if inner is not None and inner.split(".")[0] in children:
+            body.append(key)
+    return sorted(body)
+
+
+PICKLE_HINT = "kdcli loads weights only; re-save the checkpoint as safetensors where you trust its origin"
+
+
+def refused_pickle(exc: BaseException) -> bool:
+    """torch.load(weights_only=True) refused a pickle that would build Python objects (and so run code)."""
+    import pickle
+    return isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in str(exc)
 
 
 def _check_folder(path: Path) -> None:

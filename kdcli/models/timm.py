@@ -144,6 +144,10 @@ def _load_weights(model: nn.Module, file: Path, arch: str) -> None:
             state = torch.load(file, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
     except Exception as exc:  # noqa: BLE001 - torn files raise many types
+        from kdcli.models.hf import PICKLE_HINT, refused_pickle
+        if refused_pickle(exc):
+            raise CheckpointError(f"{file}: cannot read the weights: refused, a pickle that holds more than "
+                                  "tensors (loading it could run code)", hint=PICKLE_HINT) from None
         raise CheckpointError(f"{file}: cannot read the weights: {str(exc).splitlines()[0][:200]}",
                               hint="the file may be truncated, or not a plain tensor state dict") from None
     try:
