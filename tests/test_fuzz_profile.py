@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from kdcli.cli import app
 from kdcli.errors import ProfileError
-from kdcli.profile import Profile, _printable, load_profile
+from kdcli.profile import Profile, load_profile, printable
 
 BASE: dict[str, Any] = {
     "name": "fuzz", "task": "sequence-classification",
@@ -131,7 +131,7 @@ def _dump(profile: Any, unicode: bool) -> str:
 def _field(loc: tuple, unicode: bool = False) -> str:
     if loc and loc[-1] == "kind":  # a broken loss kind is reported on the loss: "distill.losses.1: unknown ..."
         loc = loc[:-1]
-    return ".".join(_printable(_as_loaded(p, unicode)) for p in loc)
+    return ".".join(printable(_as_loaded(p, unicode)) for p in loc)
 
 
 def _as_loaded(part: Any, unicode: bool) -> Any:

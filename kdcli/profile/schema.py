@@ -1,0 +1,259 @@
+"""The profile schema: the single source of truth for what a profile may say (pydantic, strict)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
+
+LayerMap = Union[dict[int, int], Literal["uniform", "last"]]
+COUNT_MAX = 2**31 - 1  # counts beyond this overflow the C ints they reach (torch, tokenizers)
+CLASSES_MAX = 1_000_000
+
+
+class Strict(BaseModel):
+    # allow_inf_nan=False: `.inf` or `nan` would pass an unbounded `ge=0` and surface as a NaN loss at step 1.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _path_text(value: Any) -> Any:
+    """A path as written in the profile: refused here if no file system could ever open it."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("empty path")  # Path("") is ".", the profile's own folder: never meant
+        if "\x00" in value:
+            raise ValueError("a path cannot contain a NUL byte")
+        raw = value.encode("utf-8", "surrogatepass")
+        if len(raw) > 4000 or any(len(part) > 255 for part in raw.split(b"/")):
+            raise ValueError("path longer than the file system allows (255 bytes a name, 4000 in all)")
+    return value
+
+
+PathText = Annotated[Path, BeforeValidator(_path_text)]
+DataPath = Annotated[str, BeforeValidator(_path_text)]
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+class TeacherSpec(Strict):
+    source: Literal["transformers", "timm"] = "transformers"
+    path: PathText
+    arch: str | None = Field(None, description="timm architecture name, for a bare weights file")
+    num_classes: int | None = Field(None, ge=1, le=CLASSES_MAX)
+
+
+class StudentInit(Strict):
+    layers: list[Annotated[int, Field(ge=0, le=100_000)]] | str | None = Field(
+        None, description="teacher layers to keep, or every-other | distilbert | first:k | last:k | uniform:k"
+    )
+    drop: list[Literal["token_type_embeddings", "pooler"]] = []
+    architecture: str = Field("same", description="same | distilbert (transformers); a timm arch name")
+    num_classes: int | None = Field(None, ge=1, le=CLASSES_MAX, description="timm student built without a teacher")
+    model_args: dict[str, Any] = Field({}, description="extra timm create_model arguments (drop_path_rate, ...)")
+    copy_weights: bool = Field(True, description="timm arch: copy teacher tensors whose name and shape match")
+
+
+class StudentSpec(Strict):
+    path: PathText
+    init: StudentInit = StudentInit()
+
+
+# --- losses -----------------------------------------------------------------------------------
+
+
+class LossBase(Strict):
+    weight: float = Field(1.0, ge=0.0, le=1e6)
+
+
+class CeLoss(LossBase):
+    kind: Literal["ce"]
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class HintonLoss(LossBase):
+    kind: Literal["hinton"]
+    temperature: float = Field(4.0, gt=0.0, le=100.0)
+
+
+class DkdLoss(LossBase):
+    kind: Literal["dkd"]
+    alpha: float = Field(1.0, ge=0.0, le=1e6)
+    beta: float = Field(8.0, ge=0.0, le=1e6)
+    temperature: float = Field(4.0, gt=0.0, le=100.0)
+
+
+class HiddenCosineLoss(LossBase):
+    kind: Literal["hidden_cosine"]
+    layers: LayerMap = "last"
+
+
+class HiddenMseLoss(LossBase):
+    kind: Literal["hidden_mse"]
+    layers: LayerMap = "uniform"
+
+
+class EmbeddingMseLoss(LossBase):
+    kind: Literal["embedding_mse"]
+
+
+class AttentionMseLoss(LossBase):
+    kind: Literal["attention_mse"]
+    layers: LayerMap = "uniform"
+
+
+class FitnetLoss(LossBase):
+    kind: Literal["fitnet"]
+    stages: LayerMap = "last"
+
+
+class AttentionTransferLoss(LossBase):
+    kind: Literal["attention_transfer"]
+    stages: LayerMap = "uniform"
+    p: float = Field(2.0, gt=0.0, le=8.0)
+
+
+class RkdLoss(LossBase):
+    kind: Literal["rkd"]
+    distance_weight: float = Field(25.0, ge=0.0, le=1e6)
+    angle_weight: float = Field(50.0, ge=0.0, le=1e6)
+
+
+class SimilarityLoss(LossBase):
+    kind: Literal["similarity"]
+
+
+class MlmLoss(LossBase):
+    kind: Literal["mlm"]
+    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
+
+
+LossSpec = Annotated[
+    Union[
+        CeLoss, HintonLoss, DkdLoss, HiddenCosineLoss, HiddenMseLoss, EmbeddingMseLoss, AttentionMseLoss,
+        FitnetLoss, AttentionTransferLoss, RkdLoss, SimilarityLoss, MlmLoss,
+    ],
+    Field(discriminator="kind"),
+]
+LOSS_KINDS = ["ce", "hinton", "dkd", "hidden_cosine", "hidden_mse", "embedding_mse", "attention_mse",
+              "fitnet", "attention_transfer", "rkd", "similarity", "mlm"]
+
+
+class StageSpec(Strict):
+    name: str
+    losses: list[LossSpec] = Field(min_length=1)
+    epochs: float | None = Field(None, gt=0, le=10_000)
+    lr: float | None = Field(None, gt=0.0, le=10.0)
+
+
+class DistillSpec(Strict):
+    losses: list[LossSpec] = []
+    stages: list[StageSpec] = []
+
+
+# --- data, training, outputs ------------------------------------------------------------------
+
+
+class DataSpec(Strict):
+    train: DataPath | None = None
+    eval: DataPath | None = None
+    unlabeled: DataPath | None = None
+    pseudo: DataPath | None = None
+    text_column: str = "sentence"
+    label_column: str = "label"
+    max_length: int = Field(128, ge=4, le=8192)
+    image_size: int | None = Field(None, ge=8, le=4096)
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="hold out this share of train when eval is unset")
+    limit: int | None = Field(None, ge=1, le=COUNT_MAX, description="use only the first N training rows")
+
+
+class NoiseSpec(Strict):
+    """Input noise for the student only (Noisy Student); the teacher sees clean inputs."""
+
+    token_mask: float = Field(0.0, ge=0.0, le=0.5, description="share of tokens replaced by [MASK]")
+    randaugment: bool = False
+    randaugment_magnitude: int = Field(9, ge=0, le=30)
+
+
+class TrainSpec(Strict):
+    epochs: float = Field(3.0, gt=0, le=10_000)
+    max_steps: int | None = Field(None, ge=1, le=COUNT_MAX)
+    batch_size: int = Field(32, ge=1, le=65_536)
+    grad_accum: int = Field(1, ge=1, le=4096)
+    lr: float = Field(5e-5, gt=0.0, le=10.0)
+    weight_decay: float = Field(0.01, ge=0.0, le=10.0)
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    eval_every: int | None = Field(None, ge=1, le=COUNT_MAX, description="steps between evaluations; default: every epoch")
+    log_every: int = Field(10, ge=1, le=COUNT_MAX)
+    checkpoint_every: int | None = Field(None, ge=1, le=COUNT_MAX,
+                                         description="steps between checkpoints; default: eval time")
+    cache_teacher: bool = False
+    noise: NoiseSpec = NoiseSpec()
+    threads: int | None = Field(None, ge=1, le=1024)
+
+
+class ExportSpec(Strict):
+    opset: int = Field(18, ge=13, le=23)
+    batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = [1, 8, 32]
+    atol: float | None = Field(None, ge=0.0)
+
+
+class PseudoSpec(Strict):
+    threshold: float = Field(0.0, ge=0.0, le=1.0)
+    balance: bool = False
+    per_class: int | None = Field(None, ge=1, le=COUNT_MAX)
+    soft: bool = True
+    topk: int = Field(5, ge=1, le=CLASSES_MAX)
+    temperature: float = Field(1.0, gt=0.0, le=100.0)
+    ratio: float = Field(1.0, ge=0.0, le=100.0, description="pseudo-labeled samples per labeled one in a batch")
+
+
+class Profile(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    task: Literal["sequence-classification", "image-classification", "masked-lm", "embedding"]
+    teacher: TeacherSpec | None = None
+    student: StudentSpec
+    data: DataSpec = DataSpec()
+    distill: DistillSpec = DistillSpec()
+    train: TrainSpec = TrainSpec()
+    output: PathText
+    export: ExportSpec = ExportSpec()
+    pseudo: PseudoSpec = PseudoSpec()
+    source_file: Path | None = Field(None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_word(cls, value: str) -> str:
+        if any(c in value for c in "/\\\n"):
+            raise ValueError("name may not contain slashes or newlines")
+        if not value.isprintable():  # it lands in file names, logs and terminals
+            raise ValueError("name may not contain control characters")
+        return value
+
+    def loss_specs(self) -> list[LossSpec]:
+        """Every loss the job uses, across stages."""
+        return [loss for stage in self.stages() for loss in stage.losses]
+
+    def stages(self) -> list[StageSpec]:
+        """The training stages in order; a plain `losses:` list is one stage."""
+        if self.distill.stages:
+            return self.distill.stages
+        return [StageSpec(name="distill", losses=self.distill.losses or [CeLoss(kind="ce")])]
+
+    def needs_teacher(self) -> bool:
+        return any(loss.kind not in ("ce", "mlm") for loss in self.loss_specs())
+
+
