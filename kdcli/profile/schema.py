@@ -171,7 +171,7 @@ class DataSpec(Strict):
     max_length: int = Field(128, ge=4, le=8192)
     image_size: int | None = Field(None, ge=8, le=4096)
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="hold out this share of train when eval is unset")
-    limit: int | None = Field(None, ge=1, le=COUNT_MAX, description="use only the first N training rows")
+    limit: int | None = Field(None, ge=1, le=COUNT_MAX, description="use only the first N rows of each data file")
 
 
 class NoiseSpec(Strict):
