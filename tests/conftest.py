@@ -43,6 +43,15 @@ def _save(model: torch.nn.Module, folder: Path, seed: int) -> Path:
     return folder
 
 
+@pytest.fixture()
+def one_thread():
+    """Tiny models: one thread is faster, and far faster when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")

@@ -28,13 +28,7 @@ from kdcli.train import distill
 RECORD_KEYS = {"id", "source", "label", "label_name", "confidence", "topk"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and far faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sentences(sst: Path) -> list[str]:

@@ -10,7 +10,7 @@ import torch
 import yaml
 from transformers import AutoModelForSequenceClassification
 
-from kdcli.errors import BadInput, TrainingDiverged
+from kdcli.errors import BadInput
 from kdcli.profile import load_profile
 from kdcli.student import init_student
 from kdcli.train import distill
@@ -103,20 +103,6 @@ def test_ctrl_c_saves_a_checkpoint_then_resume_matches(write_profile, bert_cls, 
     a, b = student_state(Path(full["output_dir"])), student_state(path.parent / "stopped")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
-
-
-def test_nan_stops_with_the_step_and_term(write_profile, bert_cls, sst_tiny, tmp_path):
-    broken = tmp_path / "broken-teacher"  # a teacher with one NaN weight: its logits are NaN
-    model = AutoModelForSequenceClassification.from_pretrained(bert_cls)
-    with torch.no_grad():
-        model.classifier.weight[0, 0] = float("nan")
-    model.save_pretrained(broken)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        (broken / name).write_bytes((bert_cls / name).read_bytes())
-    path = text_profile(write_profile, bert_cls, sst_tiny, [{"kind": "ce"}, {"kind": "hinton"}], max_steps=3)
-    with pytest.raises(TrainingDiverged, match=r"step 1: loss term 'hinton' \(#1\) is nan"):
-        distill(load_profile(path, [f"teacher.path={broken}"]))
-    assert not (tmp_path / "run" / "student").exists()
 
 
 def test_refuses_to_overwrite_an_earlier_run(write_profile, bert_cls, sst_tiny):
