@@ -7,6 +7,7 @@ checkpoint holds every RNG state, so `--resume` reproduces an uninterrupted run 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -285,7 +286,11 @@ def _start(run: Run, profile: Profile, resume: bool, world: World) -> dict[str, 
     if resume:
         if not run.checkpoint.is_file():
             raise BadInput(f"--resume: no checkpoint at {run.checkpoint}", hint="run distill without --resume first")
-        return torch.load(run.checkpoint, map_location="cpu", weights_only=True)
+        state = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
+        if world.main:
+            _forget_metrics_after(run, [stage.name for stage in profile.stages()], state)
+        barrier(world)
+        return state
     if run.checkpoint.is_file():
         raise BadInput(f"{run.root} holds an earlier run (checkpoints/last.pt)",
                        hint="pass --resume to continue it, or point `output` at a new folder")
@@ -293,6 +298,22 @@ def _start(run: Run, profile: Profile, resume: bool, world: World) -> dict[str, 
         _write_lock(run, profile)
     barrier(world)
     return {"stage": 0}
+
+
+def _forget_metrics_after(run: Run, stages: list[str], state: dict[str, Any]) -> None:
+    """Drop the records a killed run logged after its last checkpoint: the resumed run logs them again."""
+    if not run.metrics.is_file():
+        return
+    kept = []
+    for line in run.metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        stage = stages.index(record["stage"]) if record.get("stage") in stages else None
+        if stage is not None and (stage, record.get("step", 0)) <= (state["stage"], state["step"]):
+            kept.append(line)
+    atomic_write_text(run.metrics, "".join(line + "\n" for line in kept))
 
 
 def _write_lock(run: Run, profile: Profile) -> None:

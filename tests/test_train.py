@@ -84,6 +84,8 @@ def test_killed_run_resumes_to_the_same_student(write_profile, bert_cls, sst_tin
     state = torch.load(path.parent / "crashed" / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 3
     distill(load_profile(path, ["output=crashed"]), resume=True)
+    lines = [json.loads(x) for x in (path.parent / "crashed" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == list(range(1, 9))  # steps 4-5 logged once, not twice
     a, b = student_state(Path(full["output_dir"])), student_state(path.parent / "crashed")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
