@@ -140,7 +140,7 @@ def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_torchrun(nproc))
     from kdcli.train import distill
-    main_rank = os.environ.get("RANK", "0") == "0"
+    main_rank = _main_rank()
     with progress(quiet or not main_rank) as bar:
         task = bar.add_task("distill", total=None, info="")
 
@@ -157,6 +157,10 @@ def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False
     err.print(f"[green]done[/]: student written to {summary['student']}")
     if summary["eval"]:
         err.print(table("eval (student)", ["metric", "value"], summary["eval"].items()))
+
+
+def _main_rank() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _torchrun(nproc: int) -> int:
@@ -184,10 +188,12 @@ def pseudo_label_cmd(
     """Label unlabeled data with the teacher (Noisy Student): JSONL with label, confidence, top-k."""
     loaded = _load(profile, set_)
     from kdcli.pseudo import pseudo_label
-    with progress(quiet) as bar:
+    with progress(quiet or not _main_rank()) as bar:
         task = bar.add_task("pseudo-label", total=None, info="")
         result = pseudo_label(loaded, input_, output,
                               on_batch=lambda done, total: bar.update(task, completed=done, total=total))
+    if not _main_rank():
+        return
     if json_:
         print_json(result)
         return

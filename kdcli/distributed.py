@@ -59,3 +59,21 @@ def mean_terms(world: World, terms: dict[str, float]) -> dict[str, float]:
 def leave(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def shard(world: World, items: list) -> list:
+    """This rank's share of a list of batches: every world.size-th one, starting at its rank."""
+    return items[world.rank::world.size]
+
+
+def gather_rows(world: World, index: torch.Tensor, *columns: torch.Tensor | None) -> tuple:
+    """Every rank's rows (CPU tensors), back in the order of `index`; every rank gets them all."""
+    if not world.distributed:
+        order = index.argsort()
+        return tuple(c[order] if c is not None else None for c in columns)
+    parts: list = [None] * world.size
+    dist.all_gather_object(parts, (index, *columns))
+    parts = [p for p in parts if len(p[0])]
+    order = torch.cat([p[0] for p in parts]).argsort()
+    return tuple(torch.cat([p[k] for p in parts])[order] if parts[0][k] is not None else None
+                 for k in range(1, len(columns) + 1))

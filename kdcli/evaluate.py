@@ -16,6 +16,7 @@ from torch import Tensor
 
 from kdcli.batches import Split, load_split
 from kdcli.check import load_student, load_teacher
+from kdcli.distributed import World, join, leave
 from kdcli.errors import BadInput, GateFailed
 from kdcli.io import atomic_write_json
 from kdcli.metrics import Forward, agreement, collect, outputs_of, task_metrics
@@ -33,26 +34,29 @@ class Gates:
 def evaluate(profile: Profile, model: str = "student", output: Path | None = None) -> dict[str, Any]:
     """Compute eval.json for the chosen model against the teacher; write it to the run folder."""
     device = torch.device("cpu")
+    world = join(device.type)  # under torchrun, each rank evaluates its share of the batches
     teacher = load_teacher(profile)
     reader = teacher or load_student(profile)
     split = _eval_split(profile, reader)
     batch_size = profile.train.batch_size
     forward, params, size, name = _candidate(profile, model, teacher)
-    s_out, labels, s_rate = _timed(forward, split, batch_size, device)
+    s_out, labels, s_rate = _timed(forward, split, batch_size, device, world)
     report: dict[str, Any] = {"model": name, "task": profile.task, "samples": split.size,
                               "metrics": task_metrics(s_out, labels), "teacher_metrics": {}, "agreement": {},
                               "retention": None, "params": {"student": params, "teacher": None},
                               "size_bytes": {"student": size, "teacher": None},
                               "samples_per_s": {"student": s_rate, "teacher": None}}
     if teacher is not None:
-        t_out, _, t_rate = _timed(outputs_of(teacher, profile.task), split, batch_size, device)
+        t_out, _, t_rate = _timed(outputs_of(teacher, profile.task), split, batch_size, device, world)
         report["teacher_metrics"] = task_metrics(t_out, labels)
         report["agreement"] = agreement(s_out, t_out, profile.task)
         report["params"]["teacher"] = teacher.param_count()
         report["size_bytes"]["teacher"] = dir_size(teacher.path) if teacher.path else None
         report["samples_per_s"]["teacher"] = t_rate
         report["retention"] = _retention(report, profile.task)
-    atomic_write_json(Path(output) if output else profile.output / "eval.json", report)
+    if world.main:
+        atomic_write_json(Path(output) if output else profile.output / "eval.json", report)
+    leave(world)
     return report
 
 
@@ -134,8 +138,8 @@ def onnx_forward(path: Path, task: str) -> Forward:
     return run
 
 
-def _timed(forward: Forward, split: Split, batch_size: int, device: torch.device
+def _timed(forward: Forward, split: Split, batch_size: int, device: torch.device, world: World
            ) -> tuple[Tensor, Tensor | None, float]:
     start = time.perf_counter()
-    out, labels = collect(forward, split, batch_size, device)
+    out, labels = collect(forward, split, batch_size, device, world)
     return out, labels, split.size / max(time.perf_counter() - start, 1e-9)

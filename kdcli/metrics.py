@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdcli.batches import Split, to_device
+from kdcli.distributed import World, gather_rows, shard
 from kdcli.models import Adapter
 
 # Which metric decides "best" during training, per task (higher is better).
@@ -29,17 +30,23 @@ def outputs_of(model: Adapter, task: str) -> Forward:
 
 
 @torch.inference_mode()
-def collect(forward: Forward, split: Split, batch_size: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
-    """Run a model over a split in order; return its outputs [N, ...] (float32, CPU) and the labels."""
-    outs, labels = [], []
-    for batch in split.batches(batch_size):
+def collect(forward: Forward, split: Split, batch_size: int, device: torch.device, world: World = World()
+            ) -> tuple[Tensor, Tensor | None]:
+    """Run a model over a split; return its outputs [N, ...] (float32, CPU) and the labels, in the split's
+    order. Under torchrun each rank runs its share of the batches and every rank gets all rows."""
+    outs, labels, index = [], [], []
+    for indices in shard(world, split.order(batch_size, shuffle=False)):
+        batch = split.collate(indices)
         labels.append(batch.get("labels"))
+        index.append(torch.as_tensor(indices))
         out = forward(to_device(batch, device)).float().cpu()
         if out.dim() == 3:  # per-token logits: keep the first token, enough for agreement statistics
             out = out[:, 0]
         outs.append(out)
-    have_labels = all(lab is not None for lab in labels)
-    return torch.cat(outs), torch.cat(labels) if have_labels and labels else None
+    have_labels = bool(labels) and all(lab is not None for lab in labels)
+    empty = torch.empty(0)  # a rank with no batch (more ranks than batches) still joins the gather
+    return gather_rows(world, torch.cat(index) if index else empty.long(), torch.cat(outs) if outs else empty,
+                       torch.cat(labels) if have_labels else None)
 
 
 def task_metrics(outputs: Tensor, labels: Tensor | None) -> dict[str, float]:

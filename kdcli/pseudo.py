@@ -16,11 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdcli.batches import Split, load_split, subset, to_device
+from kdcli.batches import Split, load_split, subset
 from kdcli.check import load_teacher
 from kdcli.data import TextExample, tokenize
+from kdcli.distributed import World, join, leave, shard
 from kdcli.errors import BadInput, DataError
 from kdcli.io import atomic_write_text
+from kdcli.metrics import collect
 from kdcli.models import Adapter
 from kdcli.profile import Profile, PseudoSpec
 
@@ -35,14 +37,19 @@ def pseudo_label(profile: Profile, input_path: Path | None = None, output: Path 
         raise BadInput("pseudo-label needs a teacher: the profile has no `teacher:` section")
     split = load_split(profile, "unlabeled", teacher, labels=False, source=input_path)
     device = torch.device("cuda" if torch.cuda.is_available() and profile.train.device != "cpu" else "cpu")
+    world = join(device.type)  # under torchrun, each rank labels its share of the batches
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
     teacher.to(device).module.eval()
     spec = profile.pseudo
-    probs = _teacher_probs(teacher, split, profile.train.batch_size, spec.temperature, device, on_batch)
+    probs = _teacher_probs(teacher, split, profile.train.batch_size, spec.temperature, device, on_batch, world)
     names = teacher.label_names or [str(i) for i in range(probs.shape[1])]
     records = [_record(i, split, p, names, spec.topk) for i, p in enumerate(probs)]
     kept = select(records, spec)
     out = Path(output) if output else profile.output / "pseudo" / "labels.jsonl"
-    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in kept))
+    if world.main:
+        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in kept))
+    leave(world)
     # kept counts records (balancing repeats rare classes); kept_samples counts distinct inputs.
     return {"output": str(out), "total": len(records), "kept": len(kept),
             "kept_samples": len({r["id"] for r in kept}), "summary": summarize(records, kept, names)}
@@ -50,15 +57,19 @@ def pseudo_label(profile: Profile, input_path: Path | None = None, output: Path 
 
 @torch.inference_mode()
 def _teacher_probs(teacher: Any, split: Split, batch_size: int, temperature: float, device: torch.device,
-                   on_batch: Callable[[int, int], None] | None) -> torch.Tensor:
-    chunks = []
-    total = len(split.order(batch_size, shuffle=False))
-    for i, batch in enumerate(split.batches(batch_size)):
-        logits = teacher.forward(to_device(batch, device), frozenset({"logits"})).logits.float()
-        chunks.append(F.softmax(logits / temperature, dim=-1).cpu())
+                   on_batch: Callable[[int, int], None] | None, world: World) -> torch.Tensor:
+    """Softmax(logits / T) for every sample, in the split's order."""
+    total = len(shard(world, split.order(batch_size, shuffle=False)))
+    done = [0]
+
+    def probs(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = teacher.forward(batch, frozenset({"logits"})).logits.float()
+        done[0] += 1
         if on_batch:
-            on_batch(i + 1, total)
-    return torch.cat(chunks)
+            on_batch(done[0], total)
+        return F.softmax(logits / temperature, dim=-1)
+    with torch.inference_mode():
+        return collect(probs, split, batch_size, device, world)[0]
 
 
 def _record(i: int, split: Split, probs: torch.Tensor, names: list[str], topk: int) -> dict[str, Any]:

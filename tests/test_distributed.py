@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
@@ -48,3 +49,32 @@ def test_two_gloo_processes_match_one_process_with_accumulation(write_profile, b
     assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4]  # written once, by rank 0
     leftovers = [p.name for p in (tmp_path / "ddp").rglob("*") if ".tmp" in p.name]
     assert leftovers == []
+
+
+def test_evaluate_and_pseudo_label_shard_across_two_processes(write_profile, bert_cls, sst_tiny, tmp_path):
+    path = _profile(write_profile, bert_cls, sst_tiny)
+    unlabeled = tmp_path / "unlabeled.txt"
+    unlabeled.write_text("".join(line.split("\t")[0] + "\n" for line in sst_tiny.read_text().splitlines()[1:]))
+    overrides = ["--set", f"data.eval={sst_tiny}", "--set", f"data.unlabeled={unlabeled}",
+                 "--set", "train.batch_size=5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "kdcli"]
+    for command in (["evaluate", str(path), "--model", str(tmp_path / "init"), "--output", "ddp-eval.json"],
+                    ["pseudo-label", str(path), "--quiet", "--output", "ddp-labels.jsonl"]):
+        done = subprocess.run(torchrun + command + overrides, env=env, capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    from kdcli.evaluate import evaluate
+    from kdcli.pseudo import pseudo_label
+    profile = load_profile(path, [f"data.eval={sst_tiny}", f"data.unlabeled={unlabeled}", "train.batch_size=5"])
+    single = evaluate(profile, str(tmp_path / "init"), tmp_path / "one-eval.json")
+    sharded = json.loads((tmp_path / "ddp-eval.json").read_text())
+    assert sharded["samples"] == single["samples"] == 48  # 10 batches of 5, split 5 and 5 across ranks
+    for key in ("accuracy", "macro_f1"):
+        assert sharded["metrics"][key] == pytest.approx(single["metrics"][key], abs=1e-6)
+    assert sharded["agreement"]["kl"] == pytest.approx(single["agreement"]["kl"], abs=1e-5)
+    pseudo_label(profile, output=tmp_path / "one-labels.jsonl")
+    one = [json.loads(x) for x in (tmp_path / "one-labels.jsonl").read_text().splitlines()]
+    two = [json.loads(x) for x in (tmp_path / "ddp-labels.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in two] == [r["label"] for r in one] and len(two) == 48
+    assert [r["text"] for r in two] == [r["text"] for r in one]
