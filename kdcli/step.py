@@ -39,7 +39,7 @@ class StudentStep(nn.Module):
         self.pseudo = pseudo
 
     def forward(self, batch: dict[str, Tensor], t_out: Outputs | None, micro: int
-                ) -> tuple[Tensor, dict[str, float]]:
+                ) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.profile.train
         position = micro * self.world_size + self.rank  # ranks draw different noise and pseudo samples
         generator = torch.Generator().manual_seed(cfg.seed * 7_919 + position)
@@ -48,7 +48,7 @@ class StudentStep(nn.Module):
         if self.pseudo is not None and self.profile.pseudo.ratio > 0:
             p_loss = self._pseudo_loss(len(batch["index"]), position, generator, batch["index"].device)
             loss = loss + self.profile.pseudo.ratio * p_loss
-            parts["pseudo"] = self.profile.pseudo.ratio * p_loss.item()
+            parts["pseudo"] = self.profile.pseudo.ratio * p_loss.detach()
         return loss, parts
 
     def _pseudo_loss(self, labelled: int, position: int, generator: torch.Generator, device: torch.device
@@ -94,7 +94,7 @@ def optimizer_step(step_module: nn.Module, chunk: list[list[int]], step: int, sp
                    reader: Adapter, cfg: Any, optimizer: Any, scheduler: Any, scaler: Any, params: list[Tensor],
                    autocast: Callable, device: torch.device) -> dict[str, float]:
     """Accumulate gradients over the chunk's micro-batches, clip, step. Returns the mean loss terms."""
-    terms: dict[str, float] = {}
+    terms: dict[str, Tensor] = {}
     for j, indices in enumerate(chunk):
         batch = to_device(split.collate(indices), device)
         if mask_probability is not None:
@@ -106,7 +106,7 @@ def optimizer_step(step_module: nn.Module, chunk: list[list[int]], step: int, sp
             loss, parts = step_module(batch, t_out, step * cfg.grad_accum + j)
             scaler.scale(loss / len(chunk)).backward()
         for name, value in parts.items():
-            terms[name] = terms.get(name, 0.0) + value / len(chunk)
+            terms[name] = terms[name] + value / len(chunk) if name in terms else value / len(chunk)
     if cfg.max_grad_norm:
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -114,23 +114,23 @@ def optimizer_step(step_module: nn.Module, chunk: list[list[int]], step: int, sp
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()
-    return terms
+    names = list(terms)
+    return dict(zip(names, torch.stack([terms[n].float() for n in names]).tolist()))  # one sync per step
 
 
 def weighted_total(losses: nn.ModuleList, s_out: Outputs, t_out: Outputs | None, batch: dict[str, Tensor],
-                   micro: int) -> tuple[Tensor, dict[str, float]]:
-    """Weighted sum of the loss terms; a NaN or inf stops the run, naming the step and the term."""
-    total: Tensor | float = 0.0
-    parts: dict[str, float] = {}
-    for i, loss in enumerate(losses):
-        value = loss(s_out, t_out, batch)
-        if not torch.isfinite(value):
-            raise TrainingDiverged(f"step {micro + 1}: loss term '{loss.kind}' (#{i}) is {value.item()}",
-                                   hint="lower train.lr, check the data; the last good checkpoint is kept")
-        name = loss.kind if sum(1 for other in losses if other.kind == loss.kind) == 1 else f"{loss.kind}.{i}"
-        parts[name] = loss.weight * value.item()
-        total = total + loss.weight * value
-    return total, parts  # type: ignore[return-value]
+                   micro: int) -> tuple[Tensor, dict[str, Tensor]]:
+    """Weighted sum of the loss terms (detached copies per term, for the log); a NaN or inf stops the
+    run, naming the step and the term. One device sync per micro-batch, not one per term."""
+    values = [loss(s_out, t_out, batch) for loss in losses]
+    total = sum(loss.weight * value for loss, value in zip(losses, values))
+    if not torch.isfinite(total):
+        i = next(i for i, value in enumerate(values) if not torch.isfinite(value))
+        raise TrainingDiverged(f"step {micro + 1}: loss term '{losses[i].kind}' (#{i}) is {values[i].item()}",
+                               hint="lower train.lr, check the data; the last good checkpoint is kept")
+    kinds = [loss.kind for loss in losses]
+    return total, {(kind if kinds.count(kind) == 1 else f"{kind}.{i}"): (loss.weight * value).detach()
+                   for i, (kind, loss, value) in enumerate(zip(kinds, losses, values))}  # type: ignore[return-value]
 
 
 def cycle_indices(size: int, count: int, micro: int, seed: int) -> list[int]:
