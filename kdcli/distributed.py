@@ -1,4 +1,4 @@
-"""Data parallelism through PyTorch's own engine: run under torchrun, one process per device.
+"""Devices and data parallelism through PyTorch's own engine: run under torchrun, one process per device.
 
 `torchrun --nproc-per-node N -m kdcli distill PROFILE` (or `kdcli distill --nproc N`) sets RANK,
 WORLD_SIZE and LOCAL_RANK; kdcli then joins the process group (nccl on CUDA, gloo on CPU), wraps
@@ -13,6 +13,27 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from kdcli.errors import BadInput
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BadInput("train.device is cuda, and no CUDA device is visible", hint="use device: auto or cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return torch.device(name)
+
+
+def place(world: "World", device: torch.device) -> torch.device:
+    """Under torchrun on CUDA, each rank owns the GPU of its local rank."""
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    return device
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from kdcli.batches import Split, load_split
 from kdcli.check import load_student, load_teacher
-from kdcli.distributed import World, join, leave
+from kdcli.distributed import World, join, leave, pick_device, place
 from kdcli.errors import BadInput, GateFailed
 from kdcli.io import atomic_write_json
 from kdcli.metrics import Forward, agreement, collect, outputs_of, task_metrics
@@ -33,13 +33,16 @@ class Gates:
 
 def evaluate(profile: Profile, model: str = "student", output: Path | None = None) -> dict[str, Any]:
     """Compute eval.json for the chosen model against the teacher; write it to the run folder."""
-    device = torch.device("cpu")
+    device = pick_device(profile.train.device)
     world = join(device.type)  # under torchrun, each rank evaluates its share of the batches
+    device = place(world, device)
     teacher = load_teacher(profile)
+    if teacher is not None:
+        teacher.to(device)
     reader = teacher or load_student(profile)
     split = _eval_split(profile, reader)
     batch_size = profile.train.batch_size
-    forward, params, size, name = _candidate(profile, model, teacher)
+    forward, params, size, name = _candidate(profile, model, teacher, device)
     s_out, labels, s_rate = _timed(forward, split, batch_size, device, world)
     report: dict[str, Any] = {"model": name, "task": profile.task, "samples": split.size,
                               "metrics": task_metrics(s_out, labels), "teacher_metrics": {}, "agreement": {},
@@ -100,7 +103,8 @@ def _eval_split(profile: Profile, reader: Adapter) -> Split:
     return load_split(profile, "eval", reader, labels=profile.task != "masked-lm")
 
 
-def _candidate(profile: Profile, which: str, teacher: Adapter | None) -> tuple[Forward, int | None, int, str]:
+def _candidate(profile: Profile, which: str, teacher: Adapter | None, device: torch.device
+               ) -> tuple[Forward, int | None, int, str]:
     """The model to judge: student, teacher, a checkpoint folder or an .onnx file."""
     if which == "teacher":
         if teacher is None:
@@ -117,7 +121,7 @@ def _candidate(profile: Profile, which: str, teacher: Adapter | None) -> tuple[F
                            hint="use student, teacher, a checkpoint folder or an .onnx file")
     if path.suffix == ".onnx":
         return onnx_forward(path, profile.task), None, dir_size(path), str(path)
-    student = load_student(profile, path)
+    student = load_student(profile, path).to(device)
     student.module.eval()
     return outputs_of(student, profile.task), student.param_count(), dir_size(path), str(path)
 
@@ -133,7 +137,8 @@ def onnx_forward(path: Path, task: str) -> Forward:
         feed = {name: batch[name].cpu().numpy() for name in names}
         result = torch.from_numpy(np.asarray(session.run(outputs[:1], feed)[0]))
         if task == "embedding" and result.dim() == 3:
-            return mean_pool(result, batch.get("attention_mask"))
+            mask = batch.get("attention_mask")
+            return mean_pool(result, mask.cpu() if mask is not None else None)
         return result
     return run
 

@@ -28,7 +28,15 @@ from kdcli.cache import TeacherCache
 from kdcli.check import load_student, load_teacher
 from kdcli.checkpoint import restore, save_checkpoint
 from kdcli.data import check_train_labels
-from kdcli.distributed import World, barrier, join, leave, mean_terms
+from kdcli.distributed import (
+    World,
+    barrier,
+    join,
+    leave,
+    mean_terms,
+    pick_device,
+    place,
+)
 from kdcli.errors import BadInput
 from kdcli.io import append_jsonl, atomic_write_text
 from kdcli.lock import run_lock
@@ -78,9 +86,7 @@ def _distill(profile: Profile, *, resume: bool, on_step: Progress | None) -> dic
     run = Run(profile.output)
     device = pick_device(cfg.device)
     world = join(device.type)
-    if world.distributed and device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
-        torch.cuda.set_device(device)
+    device = place(world, device)
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -232,17 +238,6 @@ def _checkpoint_due(step: int, total: int, per_epoch: int, cfg: Any) -> bool:
 
 
 # --- devices, precision, schedules ----------------------------------------------------------------
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise BadInput("train.device is cuda, and no CUDA device is visible", hint="use device: auto or cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return torch.device(name)
 
 
 def precision_context(precision: str, device: torch.device) -> tuple[Callable, Any]:
