@@ -14,8 +14,8 @@ import torch
 
 from bench.common import SST2, StepClock, classifier_teacher, emit, write_profile
 from kdcli.profile import load_profile
-from kdcli.student import init_student
-from kdcli.train import distill
+from kdcli.commands.init_student import init_student
+from kdcli.train.loop import distill
 
 
 def run(work: Path, path: Path, device: str, steps: int) -> dict:

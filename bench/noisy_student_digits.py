@@ -34,10 +34,10 @@ import torch
 from safetensors.torch import load_file
 
 from bench.common import emit
-from kdcli.noisy import noisy_student
+from kdcli.commands.noisy_student import noisy_student
 from kdcli.profile import load_profile
-from kdcli.student import init_student
-from kdcli.train import distill
+from kdcli.commands.init_student import init_student
+from kdcli.train.loop import distill
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "profiles" / "digits-noisy-student.yaml"

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 from bench.common import SST2, classifier_teacher, emit, write_profile
-from kdcli.evaluate import evaluate
+from kdcli.commands.evaluate import evaluate
 from kdcli.profile import load_profile
-from kdcli.student import init_student
-from kdcli.train import distill
+from kdcli.commands.init_student import init_student
+from kdcli.train.loop import distill
 
 
 def _base(work: Path, n: int, seed: int, epochs: float) -> dict:

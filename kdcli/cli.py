@@ -90,7 +90,7 @@ def _load(profile: Path, overrides: list[str] | None):  # noqa: ANN202 - kdcli.p
 def check(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Validate a profile; with checkpoints present, run one batch through teacher and student."""
     loaded = _load(profile, set_)  # first: a bad profile fails before torch loads
-    from kdcli.check import check_profile
+    from kdcli.commands.check import check_profile
     report = check_profile(loaded)
     if json_:
         print_json(report)
@@ -112,7 +112,7 @@ def check(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False) -> N
 def init_student_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
     """Derive a smaller student from the teacher: kept layers copied bit for bit."""
     loaded = _load(profile, set_)
-    from kdcli.student import init_student
+    from kdcli.commands.init_student import init_student
     report = init_student(loaded).to_json()
     if json_:
         print_json(report)
@@ -139,7 +139,7 @@ def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False
     """Train the student against the frozen teacher."""
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_torchrun(nproc))
-    from kdcli.train import distill
+    from kdcli.train.loop import distill
     main_rank = _main_rank()
     with progress(quiet or not main_rank) as bar:
         task = bar.add_task("distill", total=None, info="")
@@ -187,7 +187,7 @@ def pseudo_label_cmd(
 ) -> None:
     """Label unlabeled data with the teacher (Noisy Student): JSONL with label, confidence, top-k."""
     loaded = _load(profile, set_)
-    from kdcli.pseudo import pseudo_label
+    from kdcli.commands.pseudo_label import pseudo_label
     with progress(quiet or not _main_rank()) as bar:
         task = bar.add_task("pseudo-label", total=None, info="")
         result = pseudo_label(loaded, input_, output,
@@ -211,7 +211,7 @@ def noisy_student_cmd(
 ) -> None:
     """pseudo-label then distill, round after round; each round's student teaches the next."""
     loaded = _load(profile, set_)
-    from kdcli.noisy import noisy_student
+    from kdcli.commands.noisy_student import noisy_student
     result = noisy_student(loaded, rounds, resume=resume,
                            on_event=lambda m: err.print(m, markup=False, highlight=False))
     if json_:
@@ -233,7 +233,7 @@ def evaluate_cmd(
 ) -> None:
     """Teacher and student side by side: accuracy, agreement, retention, size, speed; CI gates."""
     loaded = _load(profile, set_)
-    from kdcli.evaluate import Gates, check_gates, evaluate
+    from kdcli.commands.evaluate import Gates, check_gates, evaluate
     report = evaluate(loaded, model, output)
     if json_:
         print_json({**report, "output_dir": str(loaded.output)})
@@ -267,7 +267,7 @@ def export_cmd(
     if quantize not in (None, "int8"):
         raise BadInput(f"--quantize {quantize}: only int8 is supported", hint="use --quantize int8")
     loaded = _load(profile, set_)
-    from kdcli.ship import export_profile, parity_gate
+    from kdcli.commands.export import export_profile, parity_gate
     result = export_profile(loaded, student, output, atol, quantize, latency,
                             on_event=None if json_ else lambda m: err.print(m), latency_seconds=latency_seconds)
     if json_:

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdcli.batches import Split, to_device
-from kdcli.distributed import World, gather_rows, shard
+from kdcli.data.splits import Split, to_device
+from kdcli.runtime.distributed import World, gather_rows, shard
 from kdcli.models import Adapter
 
 # Which metric decides "best" during training, per task (higher is better).

@@ -7,15 +7,15 @@ import torch
 
 from kdcli.errors import BadInput
 from kdcli.profile import load_profile
-from kdcli.student import init_student
-from kdcli.train import distill
+from kdcli.commands.init_student import init_student
+from kdcli.train.loop import distill
 
 
 def _run(write_profile, spec: dict, cache: bool, name: str) -> dict[str, torch.Tensor]:
     path = write_profile(spec, f"{name}.yaml")
     profile = load_profile(path, [f"train.cache_teacher={str(cache).lower()}", f"output={name}"])
     summary = distill(profile)
-    from kdcli.check import load_student
+    from kdcli.models import load_student
     return load_student(profile, summary["student"]).module.state_dict()
 
 

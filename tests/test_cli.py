@@ -137,21 +137,21 @@ def test_debug_env_shows_the_traceback(kd, job):
 
 
 def test_ctrl_c_exits_130(kd, job, monkeypatch):
-    import kdcli.train
+    import kdcli.train.loop
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(kdcli.train, "distill", interrupted)
+    monkeypatch.setattr(kdcli.train.loop, "distill", interrupted)
     result = run(kd, "distill", job)
     assert result.exit_code == 130 and "interrupted" in result.stderr and "Traceback" not in result.output
 
 
 def test_an_unexpected_error_is_one_line_and_exit_1(kd, job, monkeypatch):
-    import kdcli.check
+    import kdcli.commands.check
 
     def broken(profile):
         raise RuntimeError("no such layer [/encoder] in [bold]x")
-    monkeypatch.setattr(kdcli.check, "check_profile", broken)
+    monkeypatch.setattr(kdcli.commands.check, "check_profile", broken)
     result = run(kd, "check", job)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "error: RuntimeError: no such layer [/encoder] in [bold]x" in result.stderr  # printed as written

@@ -14,8 +14,8 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from kdcli.profile import load_profile
-from kdcli.student import init_student
-from kdcli.train import distill
+from kdcli.commands.init_student import init_student
+from kdcli.train.loop import distill
 
 
 def _profile(write_profile, bert_cls: Path, data: Path) -> Path:
@@ -64,8 +64,8 @@ def test_evaluate_and_pseudo_label_shard_across_two_processes(write_profile, ber
         done = subprocess.run(torchrun + command + overrides, env=env, capture_output=True, text=True,
                               timeout=300, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
-    from kdcli.evaluate import evaluate
-    from kdcli.pseudo import pseudo_label
+    from kdcli.commands.evaluate import evaluate
+    from kdcli.commands.pseudo_label import pseudo_label
     profile = load_profile(path, [f"data.eval={sst_tiny}", f"data.unlabeled={unlabeled}", "train.batch_size=5"])
     single = evaluate(profile, str(tmp_path / "init"), tmp_path / "one-eval.json")
     sharded = json.loads((tmp_path / "ddp-eval.json").read_text())

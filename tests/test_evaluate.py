@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 
 from kdcli.cli import app
 from kdcli.profile import load_profile
-from kdcli.ship import export_profile
-from kdcli.student import init_student
-from kdcli.train import distill
+from kdcli.commands.export import export_profile
+from kdcli.commands.init_student import init_student
+from kdcli.train.loop import distill
 
 MAX_LENGTH = 16
 

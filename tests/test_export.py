@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from kdcli.errors import BadInput, KdcliError
-from kdcli.export import export_onnx
-from kdcli.parity import (
+from kdcli.onnx.export import export_onnx
+from kdcli.onnx.parity import (
     ParityReport,
     check_parity,
     default_atol,
@@ -355,7 +355,7 @@ def test_parity_report_dataclass_roundtrip():
 
 def test_fallback_to_dim_auto_renames_axes(tmp_path, monkeypatch):
     """If the named (Dim.DYNAMIC) export fails, Dim.AUTO is tried and its s0/s1 symbols renamed."""
-    import kdcli.export as ex
+    import kdcli.onnx.export as ex
 
     real = ex._torch_export
     calls = []

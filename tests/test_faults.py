@@ -29,14 +29,14 @@ from typer.testing import CliRunner
 
 from kdcli.cli import app
 from kdcli.errors import BadInput
-from kdcli.lock import held_by, run_lock
+from kdcli.runtime.lock import held_by, run_lock
 from kdcli.profile import load_profile
-from kdcli.student import init_student
-from kdcli.train import distill
+from kdcli.commands.init_student import init_student
+from kdcli.train.loop import distill
 
 LOSSES = [{"kind": "ce", "weight": 0.5}, {"kind": "hinton", "temperature": 2.0}, {"kind": "hidden_mse"}]
 STEPS = 18  # 3 epochs of 6 batches: evaluations (and student-best saves) at steps 6, 12 and 18
-TEMPORARY = (".tmp", ".old-")  # names of in-flight writes (kdcli.io): the only files allowed to be partial
+TEMPORARY = (".tmp", ".old-")  # names of in-flight writes (kdcli.runtime.files): the only files allowed to be partial
 WIRED = ("needs kdcli.lock.run_lock held by kdcli.train.distill "
          "(see docs/reliability.md, 'Where each guard lives')")
 
@@ -358,7 +358,7 @@ def test_run_lock_is_exclusive_and_names_the_holder(tmp_path):
 
 def test_run_lock_dies_with_its_holder(tmp_path):
     """kill -9 of the holder frees the folder: no stale lock to clean up before --resume."""
-    code = ("import sys, time\nfrom pathlib import Path\nfrom kdcli.lock import run_lock\n"
+    code = ("import sys, time\nfrom pathlib import Path\nfrom kdcli.runtime.lock import run_lock\n"
             "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "out")], stdout=subprocess.PIPE, text=True)
     try:
@@ -419,7 +419,7 @@ def dead_pid() -> int:
 
 
 def test_a_torn_metrics_tail_is_cut_before_the_next_record(tmp_path):
-    from kdcli.io import append_jsonl
+    from kdcli.runtime.files import append_jsonl
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text('{"step": 1}\n{"step": 2, "lo')  # a writer killed in the middle of a line
     append_jsonl(metrics, {"step": 2})
@@ -427,7 +427,7 @@ def test_a_torn_metrics_tail_is_cut_before_the_next_record(tmp_path):
 
 
 def test_temporaries_of_dead_writers_are_removed_by_the_next_write(tmp_path):
-    from kdcli.io import atomic_path, atomic_write_text
+    from kdcli.runtime.files import atomic_path, atomic_write_text
     pid = dead_pid()
     stale = [tmp_path / f".last.pt.tmp-{pid}", tmp_path / f".eval.json.{pid}.0123abcd.tmp"]
     live = tmp_path / f".eval.json.{os.getpid()}.0123abcd.tmp"  # this process's: maybe another thread's write
@@ -442,7 +442,7 @@ def test_temporaries_of_dead_writers_are_removed_by_the_next_write(tmp_path):
 
 
 def test_a_folder_is_swapped_in_one_step_and_a_half_swap_is_undone(tmp_path):
-    from kdcli.io import _exchange, atomic_path
+    from kdcli.runtime.files import _exchange, atomic_path
     target = tmp_path / "student"
     for version in ("one", "two"):
         with atomic_path(target) as tmp:
@@ -468,7 +468,7 @@ WRITERS = """
 import sys
 from pathlib import Path
 from kdcli.errors import KdcliError
-from kdcli.io import append_jsonl, atomic_path, atomic_write_text
+from kdcli.runtime.files import append_jsonl, atomic_path, atomic_write_text
 root = Path(sys.argv[1])
 for name, write in [("text", lambda: atomic_write_text(root / "big.json", "x" * 20000)),
                     ("jsonl", lambda: append_jsonl(root / "metrics.jsonl", {"x": "y" * 20000})),

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from kdcli.errors import BadInput
-from kdcli.export import export_onnx
-from kdcli.latency import latency_report, latency_rows, measure, plot_png, render_markdown, speedup
+from kdcli.onnx.export import export_onnx
+from kdcli.onnx.latency import latency_report, latency_rows, measure, plot_png, render_markdown, speedup
 
 transformers = pytest.importorskip("transformers")
 

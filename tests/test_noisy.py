@@ -14,11 +14,11 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from typer.testing import CliRunner
 
-import kdcli.noisy
+import kdcli.commands.noisy_student
 from kdcli.cli import app
-from kdcli.noisy import noisy_student
+from kdcli.commands.noisy_student import noisy_student
 from kdcli.profile import load_profile
-from kdcli.train import distill
+from kdcli.train.loop import distill
 
 runner = CliRunner()
 
@@ -95,7 +95,7 @@ def interrupt_round(monkeypatch: pytest.MonkeyPatch, folder_name: str, at_step: 
             if record["step"] == at_step:
                 raise KeyboardInterrupt
         return distill(profile, on_step=stop, **kwargs)
-    monkeypatch.setattr(kdcli.noisy, "distill", interrupted)
+    monkeypatch.setattr(kdcli.commands.noisy_student, "distill", interrupted)
 
 
 def test_cli_interrupted_loop_resumes_in_its_round_and_matches_an_uninterrupted_one(text_loop, monkeypatch):

@@ -14,16 +14,17 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from typer.testing import CliRunner
 
-import kdcli.train
-from kdcli.batches import load_split
-from kdcli.check import load_student, load_teacher
+import kdcli.train.loop
+from kdcli.data.splits import load_split
+from kdcli.models import load_student, load_teacher
 from kdcli.cli import app
 from kdcli.errors import DataError
 from kdcli.profile import PseudoSpec, load_profile
-from kdcli.pseudo import pseudo_label, pseudo_split, read_labels, select, summarize
-from kdcli.step import cycle_indices
-from kdcli.student import init_student
-from kdcli.train import distill
+from kdcli.commands.pseudo_label import pseudo_label, select, summarize
+from kdcli.data.pseudo import pseudo_split, read_labels
+from kdcli.train.step import cycle_indices
+from kdcli.commands.init_student import init_student
+from kdcli.train.loop import distill
 
 RECORD_KEYS = {"id", "source", "label", "label_name", "confidence", "topk"}
 
@@ -234,8 +235,8 @@ def record_inputs(monkeypatch: pytest.MonkeyPatch, submodule: str | None = None)
             module.register_forward_pre_hook(hook(role), with_kwargs=True)
             return adapter
         return load
-    monkeypatch.setattr(kdcli.train, "load_teacher", wrap(load_teacher, "teacher"))
-    monkeypatch.setattr(kdcli.train, "load_student", wrap(load_student, "student"))
+    monkeypatch.setattr(kdcli.train.loop, "load_teacher", wrap(load_teacher, "teacher"))
+    monkeypatch.setattr(kdcli.train.loop, "load_student", wrap(load_student, "student"))
     return seen
 
 

@@ -12,8 +12,8 @@ from transformers import AutoModelForSequenceClassification
 
 from kdcli.errors import BadInput
 from kdcli.profile import load_profile
-from kdcli.student import init_student
-from kdcli.train import distill
+from kdcli.commands.init_student import init_student
+from kdcli.train.loop import distill
 
 
 def text_profile(write_profile, teacher: Path, data: Path, losses: list[dict], **train) -> Path:

@@ -16,7 +16,7 @@ from kdcli.losses.feature import (
 from kdcli.losses.relation import Rkd, Similarity
 from kdcli.losses.response import CrossEntropy, Dkd, Hinton, MaskedLM
 from kdcli.models.base import Adapter
-from kdcli.registry import Registry
+from kdcli.losses.registry import Registry
 
 LOSSES: Registry[type[DistillLoss]] = Registry("loss kind")
 for _cls in (CrossEntropy, Hinton, Dkd, MaskedLM, HiddenCosine, HiddenMse, EmbeddingMse, AttentionMse, Fitnet,

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdcli.errors import BadInput
-from kdcli.layermap import resolve_map
+from kdcli.losses.layermap import resolve_map
 from kdcli.losses import functional as KF
 from kdcli.losses.base import DistillLoss, projection
 from kdcli.models.base import Adapter, Outputs

@@ -23,7 +23,7 @@ from transformers import (
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from kdcli.errors import CheckpointError
-from kdcli.io import atomic_path
+from kdcli.runtime.files import atomic_path
 from kdcli.models.base import Adapter, Exportable, Outputs, mean_pool
 
 AUTO_CLASSES = {

@@ -13,7 +13,7 @@ from timm.models import save_for_hf
 from torch import Tensor, nn
 
 from kdcli.errors import CheckpointError
-from kdcli.io import atomic_path
+from kdcli.runtime.files import atomic_path
 from kdcli.models.base import Adapter, Exportable, Outputs
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdcli.batches import Split, to_device
+from kdcli.data.splits import Split, to_device
 from kdcli.errors import BadInput
-from kdcli.io import atomic_path
+from kdcli.runtime.files import atomic_path
 from kdcli.models import Adapter, Outputs
 
 # Loss kinds whose teacher side depends on padding or on masked inputs, for text.

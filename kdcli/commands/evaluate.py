@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdcli.batches import Split, load_split
-from kdcli.check import load_student, load_teacher
-from kdcli.distributed import World, join, leave, pick_device, place
+from kdcli.data.splits import Split, load_split
+from kdcli.models import load_student, load_teacher
+from kdcli.runtime.distributed import World, join, leave, pick_device, place
 from kdcli.errors import BadInput, GateFailed
-from kdcli.io import atomic_write_json
+from kdcli.runtime.files import atomic_write_json
 from kdcli.metrics import Forward, agreement, collect, outputs_of, task_metrics
 from kdcli.models import Adapter, dir_size, mean_pool
 from kdcli.profile import Profile

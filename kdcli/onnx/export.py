@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from kdcli.errors import BadInput, KdcliError
-from kdcli.io import sibling_tmp
+from kdcli.runtime.files import sibling_tmp
 
 DEFAULT_OPSET = 18
 

@@ -1,12 +1,9 @@
-"""init-student: derive a smaller student from the teacher, weights copied bit for bit."""
+"""Shrinking a teacher into a student: kept layers renumbered and copied bit for bit (init-student)."""
 
 from __future__ import annotations
 
 import copy
 import re
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -19,66 +16,14 @@ from transformers import (
 )
 
 from kdcli.errors import BadInput
-from kdcli.layermap import select_layers
-from kdcli.models import Adapter, dir_size, load_model
+from kdcli.losses.layermap import select_layers
 from kdcli.models.hf import HFAdapter
 from kdcli.models.timm import TimmAdapter, create
-from kdcli.profile import Profile, StudentInit
+from kdcli.profile import StudentInit
 
 LAYER_KEY = re.compile(r"(encoder\.layer|blocks)\.(\d+)\.")
 DISTILBERT_CLASSES = {"sequence-classification": DistilBertForSequenceClassification,
                       "masked-lm": DistilBertForMaskedLM, "embedding": DistilBertModel}
-
-
-@dataclass
-class InitReport:
-    teacher: dict[str, Any]
-    student: dict[str, Any]
-    layer_map: list[int]                      # student layer i came from teacher layer layer_map[i]
-    dropped: list[str] = field(default_factory=list)
-    copied_tensors: int = 0
-    output_dir: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def init_student(profile: Profile) -> InitReport:
-    """Build the student the profile describes from its teacher and save it to student.path."""
-    init = profile.student.init
-    if profile.teacher is None:
-        return _fresh_student(profile)
-    t = profile.teacher
-    teacher = load_model(t.source, t.path, profile.task, arch=t.arch, num_classes=t.num_classes)
-    if isinstance(teacher, HFAdapter):
-        student, layers, copied = shrink_transformer(teacher, init, profile.task)
-    else:
-        student, layers, copied = shrink_timm(teacher, init)
-    out = profile.student.path
-    student.save(out)
-    return InitReport(
-        teacher=_describe(teacher, teacher.path), student=_describe(student, out), layer_map=layers,
-        dropped=list(init.drop), copied_tensors=copied, output_dir=str(out))
-
-
-def _fresh_student(profile: Profile) -> InitReport:
-    """No teacher: a timm architecture with timm's initialisation (a first teacher, or a baseline)."""
-    init = profile.student.init
-    if init.architecture in ("same", "distilbert") or profile.task != "image-classification":
-        raise BadInput("init-student needs a teacher (`teacher:`), or a timm architecture to build from scratch",
-                       hint="set student.init.architecture: resnet18 and student.init.num_classes")
-    args = {**init.model_args, **({"num_classes": init.num_classes} if init.num_classes else {})}
-    student = TimmAdapter(create(init.architecture, **args).eval(), init.architecture, args)
-    student.save(profile.student.path)
-    described = _describe(student, profile.student.path)
-    return InitReport(teacher={}, student=described, layer_map=[], copied_tensors=0,
-                      output_dir=str(profile.student.path))
-
-
-def _describe(adapter: Adapter, path: Path | None) -> dict[str, Any]:
-    return {"family": adapter.family, "architecture": type(adapter.module).__name__, "layers": adapter.depth,
-            "params": adapter.param_count(), "size_bytes": dir_size(path) if path else None,
-            "path": str(path) if path else None}
 
 
 # --- transformers -------------------------------------------------------------------------------

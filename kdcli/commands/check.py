@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from kdcli.errors import BadInput
 from kdcli.losses import build_losses, needs
-from kdcli.models import Adapter, detect_source, load_model
+from kdcli.models import Adapter, load_student, load_teacher
 from kdcli.profile import Profile, profile_json
-
-
-def load_teacher(profile: Profile) -> Adapter | None:
-    t = profile.teacher
-    if t is None:
-        return None
-    return load_model(t.source, t.path, profile.task, arch=t.arch, num_classes=t.num_classes)
-
-
-def load_student(profile: Profile, path: Path | None = None) -> Adapter:
-    path = Path(path or profile.student.path)
-    # A student may start without a head (an encoder fine-tuned from labels): timm/transformers init it.
-    return load_model(detect_source(path), path, profile.task, allow_new_head=True)
 
 
 def check_profile(profile: Profile) -> dict[str, Any]:
@@ -66,5 +52,3 @@ def _check_heads(profile: Profile, student: Adapter, teacher: Adapter | None) ->
                    f"{', '.join(sorted(response))} compare them one to one",
                    hint="re-run init-student from this teacher, or drop the response losses")
 
-
-__all__ = ["check_profile", "load_student", "load_teacher", "needs"]

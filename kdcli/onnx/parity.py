@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from kdcli.errors import BadInput, KdcliError
-from kdcli.export import as_outputs, eval_mode, short_error, to_numpy, unlink_quietly
-from kdcli.io import sibling_tmp
+from kdcli.onnx.export import as_outputs, eval_mode, short_error, to_numpy, unlink_quietly
+from kdcli.runtime.files import sibling_tmp
 
 # Absolute tolerance for PyTorch-vs-ONNX Runtime parity, per model family.
 # Same values as Hugging Face optimum's exporters (1e-4 for transformers

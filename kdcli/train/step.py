@@ -13,12 +13,12 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from kdcli.batches import Split, to_device
-from kdcli.cache import TeacherCache
+from kdcli.data.splits import Split, to_device
+from kdcli.train.cache import TeacherCache
 from kdcli.errors import TrainingDiverged
 from kdcli.losses.functional import mask_tokens, soft_cross_entropy
 from kdcli.models import Adapter, Outputs
-from kdcli.noise import add_noise
+from kdcli.data.noise import add_noise
 from kdcli.profile import Profile
 
 

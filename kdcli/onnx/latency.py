@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from kdcli.errors import BadInput
-from kdcli.io import sibling_tmp
+from kdcli.runtime.files import sibling_tmp
 
 MODEL_ORDER = ("teacher", "student")
 RUNTIME_ORDER = ("pytorch", "onnxruntime")
@@ -106,7 +106,7 @@ def latency_rows(
     Sets torch's intra-op threads to ``threads`` (restored after) and ORT's
     ``intra_op_num_threads`` to ``threads``.
     """
-    from kdcli.parity import ort_session
+    from kdcli.onnx.parity import ort_session
 
     if shape_key not in ("seq_len", "image_size"):
         raise BadInput(f"shape_key must be 'seq_len' or 'image_size', got {shape_key!r}")

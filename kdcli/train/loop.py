@@ -23,12 +23,12 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 import kdcli
-from kdcli.batches import Split, train_and_eval
-from kdcli.cache import TeacherCache
-from kdcli.check import load_student, load_teacher
-from kdcli.checkpoint import restore, save_checkpoint
+from kdcli.data.splits import Split, train_and_eval
+from kdcli.train.cache import TeacherCache
+from kdcli.models import load_student, load_teacher
+from kdcli.train.checkpoint import restore, save_checkpoint
 from kdcli.data import check_train_labels
-from kdcli.distributed import (
+from kdcli.runtime.distributed import (
     World,
     barrier,
     join,
@@ -38,39 +38,18 @@ from kdcli.distributed import (
     place,
 )
 from kdcli.errors import BadInput
-from kdcli.io import append_jsonl, atomic_write_text
-from kdcli.lock import run_lock
+from kdcli.runtime.files import append_jsonl, atomic_write_text
+from kdcli.runtime.lock import run_lock
 from kdcli.losses import LOSSES, build_losses, needs
 from kdcli.metrics import collect, evaluate_pair, outputs_of
 from kdcli.models import Adapter
 from kdcli.profile import Profile, profile_json
-from kdcli.pseudo import pseudo_split
-from kdcli.step import StudentStep, optimizer_step
+from kdcli.data.pseudo import pseudo_split
+from kdcli.train.schedule import make_schedule, precision_context, seed_everything
+from kdcli.train.step import StudentStep, optimizer_step
+from kdcli.run import Run
 
 Progress = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class Run:
-    """Where a run writes: everything under the profile's output folder."""
-
-    root: Path
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoints" / "last.pt"
-
-    @property
-    def student(self) -> Path:
-        return self.root / "student"
-
-    @property
-    def best(self) -> Path:
-        return self.root / "student-best"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
 
 
 def distill(profile: Profile, *, resume: bool = False, on_step: Progress | None = None) -> dict[str, Any]:
@@ -235,42 +214,6 @@ def _eval_due(step: int, total: int, per_epoch: int, every: int | None) -> bool:
 def _checkpoint_due(step: int, total: int, per_epoch: int, cfg: Any) -> bool:
     every = cfg.checkpoint_every or cfg.eval_every or per_epoch
     return step < total and step % every == 0
-
-
-# --- devices, precision, schedules ----------------------------------------------------------------
-
-
-def precision_context(precision: str, device: torch.device) -> tuple[Callable, Any]:
-    """autocast + GradScaler: bf16 where the GPU has it, fp16 with loss scaling otherwise, fp32 on CPU."""
-    if device.type != "cuda" or precision == "fp32":
-        return nullcontext, torch.amp.GradScaler("cpu", enabled=False)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if dtype is None:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
-
-
-def make_schedule(optimizer: torch.optim.Optimizer, kind: str, total: int, warmup_ratio: float
-                  ) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = int(total * warmup_ratio)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, total - warmup)
-        if kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-        if kind == "linear":
-            return max(0.0, 1.0 - progress)
-        return 1.0
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # --- the run folder ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdcli.io import atomic_path
+from kdcli.runtime.files import atomic_path
 from kdcli.models import Adapter
 
 

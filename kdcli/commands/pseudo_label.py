@@ -14,17 +14,14 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
-from kdcli.batches import Split, load_split, subset
-from kdcli.check import load_teacher
-from kdcli.data import TextExample, tokenize
-from kdcli.distributed import World, join, leave, shard
+from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, DataError
-from kdcli.io import atomic_write_text
 from kdcli.metrics import collect
-from kdcli.models import Adapter
+from kdcli.models import load_teacher
 from kdcli.profile import Profile, PseudoSpec
+from kdcli.runtime.distributed import World, join, leave, shard
+from kdcli.runtime.files import atomic_write_text
 
 
 def pseudo_label(profile: Profile, input_path: Path | None = None, output: Path | None = None,
@@ -112,51 +109,3 @@ def summarize(records: list[dict[str, Any]], kept: list[dict[str, Any]], names: 
                        "dropped": labelled.get(c, 0) - len(kept_ids.get(c, ())),
                        "in_output": kept_count.get(c, 0)}
             for c in range(len(names))}
-
-
-def read_labels(path: Path) -> list[dict[str, Any]]:
-    """labels.jsonl back, checked line by line."""
-    if not Path(path).is_file():
-        raise DataError(f"data.pseudo: {path} not found", hint="run kdcli pseudo-label first")
-    rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            int(row["label"]), row["topk"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"{path}:{n}: not a pseudo-label record ({exc})",
-                            hint="the file should come from kdcli pseudo-label") from None
-        rows.append(row)
-    if not rows:
-        raise DataError(f"{path}: no pseudo-labelled samples")
-    return rows
-
-
-def pseudo_split(profile: Profile, model: Adapter) -> tuple[Split, Tensor]:
-    """The pseudo-labelled samples of data.pseudo, and their targets (soft top-k or one-hot)."""
-    rows = read_labels(Path(profile.data.pseudo))
-    classes = model.num_labels or 1 + max(int(r["label"]) for r in rows)
-    if model.family == "timm":
-        split = subset(load_split(profile, "unlabeled", model, labels=False), [int(r["id"]) for r in rows])
-        stray = next((r for r, source in zip(rows, split.sources) if r.get("source") != source), None)
-        if stray is not None:  # ids are positions in data.unlabeled: labels from another file would misalign
-            raise DataError(f"data.pseudo: record {stray['id']} was made from {stray.get('source')!r}, but "
-                            f"data.unlabeled has {split.sources[rows.index(stray)]!r} there",
-                            hint="pseudo-label the same file that data.unlabeled names")
-    else:
-        examples = [TextExample(text=r["text"], label=None, source=str(r.get("source", r["id"]))) for r in rows]
-        features = tokenize(examples, model.tokenizer, profile.data.max_length)  # type: ignore[attr-defined]
-        split = Split(kind="text", size=len(features), lengths=[len(f["input_ids"]) for f in features],
-                      features=features, sources=[e.source for e in examples], texts=[e.text for e in examples],
-                      pad_token_id=model.tokenizer.pad_token_id or 0)  # type: ignore[attr-defined]
-    targets = torch.zeros(len(rows), classes)
-    for i, row in enumerate(rows):
-        if profile.pseudo.soft:
-            for label, prob in row["topk"]:
-                targets[i, int(label)] = float(prob)
-            targets[i] /= targets[i].sum().clamp_min(1e-12)
-        else:
-            targets[i, int(row["label"])] = 1.0
-    return split, targets

@@ -16,11 +16,11 @@ from typing import Any, Callable
 import torch
 
 from kdcli.errors import BadInput
-from kdcli.io import atomic_write_json
+from kdcli.runtime.files import atomic_write_json
 from kdcli.profile import Profile
-from kdcli.pseudo import pseudo_label
-from kdcli.student import init_student
-from kdcli.train import distill
+from kdcli.commands.pseudo_label import pseudo_label
+from kdcli.commands.init_student import init_student
+from kdcli.train.loop import distill
 
 
 def noisy_student(profile: Profile, rounds: int, *, resume: bool = False,

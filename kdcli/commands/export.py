@@ -14,14 +14,14 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from kdcli.batches import Split, load_split
-from kdcli.check import load_student, load_teacher
+from kdcli.data.splits import Split, load_split
+from kdcli.models import load_student, load_teacher
 from kdcli.errors import BadInput, GateFailed
-from kdcli.export import export_onnx
-from kdcli.io import atomic_write_json, atomic_write_text
-from kdcli.latency import latency_report, latency_rows, plot_png, render_markdown
+from kdcli.onnx.export import export_onnx
+from kdcli.runtime.files import atomic_write_json, atomic_write_text
+from kdcli.onnx.latency import latency_report, latency_rows, plot_png, render_markdown
 from kdcli.models import Adapter, dir_size
-from kdcli.parity import check_parity, default_atol, quantize_int8
+from kdcli.onnx.parity import check_parity, default_atol, quantize_int8
 from kdcli.profile import Profile
 
 

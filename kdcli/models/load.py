@@ -1,0 +1,46 @@
+"""Loading checkpoints from local files: a teacher, a student, any saved folder (no hub, no remote code)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kdcli.models.base import Adapter
+from kdcli.profile import Profile
+
+
+def load_model(source: str, path: Path, task: str, *, arch: str | None = None, num_classes: int | None = None,
+               allow_new_head: bool = False) -> Adapter:
+    """Load a checkpoint from local files for `task`."""
+    if source == "timm":
+        from kdcli.models.timm import load_timm
+        return load_timm(Path(path), arch, num_classes)
+    from kdcli.models.hf import load_hf
+    return load_hf(Path(path), task, num_classes, allow_new_head=allow_new_head)
+
+
+def detect_source(path: Path) -> str:
+    """transformers or timm, from what a saved folder holds."""
+    config = Path(path) / "config.json"
+    if config.is_file():
+        try:
+            if "architecture" in json.loads(config.read_text()):
+                return "timm"
+        except ValueError:
+            pass
+    elif Path(path).is_file():
+        return "timm"
+    return "transformers"
+
+
+def load_teacher(profile: Profile) -> Adapter | None:
+    t = profile.teacher
+    if t is None:
+        return None
+    return load_model(t.source, t.path, profile.task, arch=t.arch, num_classes=t.num_classes)
+
+
+def load_student(profile: Profile, path: Path | None = None) -> Adapter:
+    path = Path(path or profile.student.path)
+    # A student may start without a head (an encoder fine-tuned from labels): timm/transformers init it.
+    return load_model(detect_source(path), path, profile.task, allow_new_head=True)

@@ -1,0 +1,1 @@
+"""ONNX: export, parity in onnxruntime, int8 quantization, latency and its report."""

@@ -1,0 +1,64 @@
+"""The run folder: every path under a profile's `output:`, named once for every command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Run:
+    """OUTPUT/: profile.lock.yaml, student/, student-best/, checkpoints/, metrics.jsonl, eval.json,
+    export/, pseudo/labels.jsonl, cache/, and round-R/ (a Run of its own) for noisy-student."""
+
+    root: Path
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "profile.lock.yaml"
+
+    @property
+    def student(self) -> Path:
+        return self.root / "student"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "student-best"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoints" / "last.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def eval_report(self) -> Path:
+        return self.root / "eval.json"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def pseudo_labels(self) -> Path:
+        return self.root / "pseudo" / "labels.jsonl"
+
+    @property
+    def pseudo_summary(self) -> Path:
+        return self.root / "pseudo" / "summary.json"
+
+    @property
+    def noisy_state(self) -> Path:
+        return self.root / "noisy-student.json"
+
+    def teacher_cache(self, stage: int) -> Path:
+        return self.root / "cache" / f"teacher-{stage}.pt"
+
+    def round(self, r: int) -> "Run":
+        return Run(self.root / f"round-{r}")
+
+    def round_init(self) -> Path:
+        """A noisy-student round's freshly initialised student."""
+        return self.root / "init"

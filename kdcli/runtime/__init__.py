@@ -1,0 +1,1 @@
+"""The runtime corner: device and rank session, atomic files, the run lock, signals."""
