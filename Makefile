@@ -1,4 +1,4 @@
-# make demo: the main job on the bundled default; make test: the test suite.
+# make demo: the main job on the bundled default; make test: the linter, then the test suite.
 # Each creates .venv on first use: torch first (the pair timm needs), then kdcli in editable mode.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -17,6 +17,7 @@ demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/demo.sh
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)

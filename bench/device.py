@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from bench.common import SST2, StepClock, classifier_teacher, emit, write_profile
-from kdcli.profile import load_profile
+from kdcli.commands.distill import distill
 from kdcli.commands.init_student import init_student
-from kdcli.train.loop import distill
+from kdcli.profile import load_profile
 
 
 def run(work: Path, path: Path, device: str, steps: int) -> dict:

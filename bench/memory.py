@@ -17,7 +17,7 @@ from bench.common import SST2, classifier_teacher, emit, write_profile
 CHILD = """
 import json, resource, sys
 from kdcli.profile import load_profile
-from kdcli.train.loop import distill
+from kdcli.commands.distill import distill
 distill(load_profile(sys.argv[1]))
 print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -31,8 +31,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         teacher = classifier_teacher(work / "teacher")
-        from kdcli.profile import load_profile
         from kdcli.commands.init_student import init_student
+        from kdcli.profile import load_profile
         for size in args.batch_sizes:
             spec = {"name": "mem", "task": "sequence-classification", "teacher": {"path": str(teacher)},
                     "student": {"path": str(work / "init"), "init": {"layers": "uniform:3"}},

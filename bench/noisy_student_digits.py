@@ -34,10 +34,10 @@ import torch
 from safetensors.torch import load_file
 
 from bench.common import emit
+from kdcli.commands.distill import distill
+from kdcli.commands.init_student import init_student
 from kdcli.commands.noisy_student import noisy_student
 from kdcli.profile import load_profile
-from kdcli.commands.init_student import init_student
-from kdcli.train.loop import distill
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "profiles" / "digits-noisy-student.yaml"
@@ -108,10 +108,10 @@ def run_seed(seed: int, out: Path, per_class: int, threads: int | None, clean_te
     truth = split["unlabelled_truth"]
     return {
         "seed": seed, "labelled": split["labelled"], "unlabelled": split["unlabelled"], "test": split["test"],
-        "accuracy": {"teacher": round(teacher["eval"]["accuracy"], 4),
-                     "baseline": round(baseline["eval"]["accuracy"], 4),
-                     "noisy_student_round1": round(round1["eval"]["accuracy"], 4)},
-        "gain": round(round1["eval"]["accuracy"] - baseline["eval"]["accuracy"], 4),
+        "accuracy": {"teacher": round(teacher["eval"]["metrics"]["accuracy"], 4),
+                     "baseline": round(baseline["eval"]["metrics"]["accuracy"], 4),
+                     "noisy_student_round1": round(round1["eval"]["metrics"]["accuracy"], 4)},
+        "gain": round(round1["eval"]["metrics"]["accuracy"] - baseline["eval"]["metrics"]["accuracy"], 4),
         "pseudo": {"records": len(records), "distinct_kept": len(unique),
                    "kept_share": round(len(unique) / split["unlabelled"], 4),
                    "accuracy_of_kept": round(float(np.mean([truth[i] == label for i, label in unique.items()])), 4)},

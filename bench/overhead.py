@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import SST2, StepClock, classifier_teacher, emit, write_profile
+from kdcli.commands.distill import distill
+from kdcli.commands.init_student import init_student
 from kdcli.data.splits import load_split
 from kdcli.models import load_student, load_teacher
 from kdcli.profile import load_profile
-from kdcli.commands.init_student import init_student
-from kdcli.train.loop import distill
 
 LOSSES = [{"kind": "ce", "weight": 0.5}, {"kind": "hinton", "weight": 0.5, "temperature": 2.0},
           {"kind": "hidden_cosine", "layers": "last"}]

@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 
 from bench.common import emit, minilm_dir
+from kdcli.models.hf import load_hf
+from kdcli.models.shrink import shrink_transformer
+from kdcli.models.timm import TimmAdapter, create
 from kdcli.onnx.export import export_onnx
 from kdcli.onnx.latency import latency_rows, speedup
-from kdcli.models.hf import load_hf
-from kdcli.models.timm import TimmAdapter, create
 from kdcli.profile import StudentInit
-from kdcli.models.shrink import shrink_transformer
 
 BATCHES = [1, 8, 32]
 

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 from bench.common import SST2, classifier_teacher, emit, write_profile
+from kdcli.commands.distill import distill
 from kdcli.commands.evaluate import evaluate
-from kdcli.profile import load_profile
 from kdcli.commands.init_student import init_student
-from kdcli.train.loop import distill
+from kdcli.profile import load_profile
 
 
 def _base(work: Path, n: int, seed: int, epochs: float) -> dict:
@@ -33,7 +33,7 @@ def run_seed(work: Path, n: int, seed: int, epochs: float) -> dict[str, float]:
     teacher_p = write_profile(work, {"name": "teacher", **base, "student": {"path": str(head)},
                                      "distill": {"losses": [{"kind": "ce"}]},
                                      "output": str(work / f"teacher-{seed}")}, f"teacher-{seed}.yaml")
-    teacher = distill(load_profile(teacher_p))["student"]
+    teacher = distill(load_profile(teacher_p)).student
     kd_p = write_profile(work, {"name": "kd", **base, "teacher": {"path": teacher},
                                 "student": {"path": str(work / f"init-{seed}"), "init": {"layers": "uniform:3"}},
                                 "distill": {"losses": [{"kind": "ce", "weight": 0.2},

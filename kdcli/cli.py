@@ -11,8 +11,9 @@ import os
 import sys
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
@@ -21,8 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: checkpoin
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # kdcli draws its own progress, on stderr
 
-from kdcli.console import err, human_bytes, print_json, progress, table  # noqa: E402
-from kdcli.errors import BadInput, KdcliError  # noqa: E402
+from kdcli.console import err, human_bytes, print_json, progress, table
+from kdcli.errors import BadInput, KdcliError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress model checkpoints by knowledge distillation, from one YAML profile.")
@@ -93,17 +94,16 @@ def check(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False) -> N
     from kdcli.commands.check import check_profile
     report = check_profile(loaded)
     if json_:
-        print_json(report)
+        print_json(report.to_json())
         return
     err.print(f"[green]profile ok[/]: {profile}")
-    for role in ("teacher", "student"):
-        info = report.get(role)
-        if info and info.get("loaded"):
-            err.print(f"  {role}: {info['architecture']} · {info['layers']} layers · {info['params']:,} params · "
-                      f"output {info['output_shape']}")
-        elif info:
-            err.print(f"  {role}: {info['status']}")
-    for loss in report.get("losses", []):
+    for role, probe in (("teacher", report.teacher), ("student", report.student)):
+        if probe and probe.loaded:
+            err.print(f"  {role}: {probe.architecture} · {probe.layers} layers · {probe.params:,} params · "
+                      f"output {probe.output_shape}")
+        elif probe:
+            err.print(f"  {role}: {probe.status}")
+    for loss in report.losses:
         err.print(f"  loss {loss['kind']} (weight {loss['weight']})"
                   + (f": map {loss['map']}" if loss.get("map") else ""))
 
@@ -113,21 +113,18 @@ def init_student_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = 
     """Derive a smaller student from the teacher: kept layers copied bit for bit."""
     loaded = _load(profile, set_)
     from kdcli.commands.init_student import init_student
-    report = init_student(loaded).to_json()
+    report = init_student(loaded)
     if json_:
-        print_json(report)
+        print_json(report.to_json())
         return
-    t, s = report["teacher"], report["student"]
-    err.print(table("init-student", ["", "teacher", "student"], [
-        ["architecture", t["architecture"], s["architecture"]],
-        ["layers", t["layers"], s["layers"]],
-        ["parameters", t["params"], s["params"]],
-        ["size on disk", human_bytes(t["size_bytes"]), human_bytes(s["size_bytes"])],
-    ]))
-    if report["layer_map"]:
-        err.print("student layer ← teacher layer: "
-                  + ", ".join(f"{i}←{t_}" for i, t_ in enumerate(report["layer_map"])))
-    err.print(f"student written to {report['output_dir']} ({report['copied_tensors']} tensors copied)")
+    t, s = report.teacher, report.student
+    rows = [[field, t.get(key), s.get(key)] for field, key in
+            (("architecture", "architecture"), ("layers", "layers"), ("parameters", "params"))]
+    rows.append(["size on disk", human_bytes(t.get("size_bytes")), human_bytes(s.get("size_bytes"))])
+    err.print(table("init-student", ["", "teacher", "student"], rows))
+    if report.layer_map:
+        err.print("student layer ← teacher layer: " + ", ".join(f"{i}←{t_}" for i, t_ in enumerate(report.layer_map)))
+    err.print(f"student written to {report.output_dir} ({report.copied_tensors} tensors copied)")
 
 
 @command("distill")
@@ -137,9 +134,10 @@ def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False
                                                    "training, launched through torchrun.")] = 1,
                 ) -> None:
     """Train the student against the frozen teacher."""
+    loaded = _load(profile, set_)  # a bad profile is one message, not one per process
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_torchrun(nproc))
-    from kdcli.train.loop import distill
+    from kdcli.commands.distill import distill
     main_rank = _main_rank()
     with progress(quiet or not main_rank) as bar:
         task = bar.add_task("distill", total=None, info="")
@@ -148,15 +146,20 @@ def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False
             bar.update(task, completed=record["step"], total=record["total_steps"],
                        description=f"distill [{record['stage']}]",
                        info=f"loss {record['loss']:.4f} · {record['samples_per_s']:.0f} samples/s")
-        summary = distill(_load(profile, set_), resume=resume, on_step=on_step)
+        result = distill(loaded, resume=resume, on_step=on_step)
     if not main_rank:
         return
     if json_:
-        print_json(summary)
+        print_json(result.to_json())
         return
-    err.print(f"[green]done[/]: student written to {summary['student']}")
-    if summary["eval"]:
-        err.print(table("eval (student)", ["metric", "value"], summary["eval"].items()))
+    err.print(f"[green]done[/]: student written to {result.student}")
+    if result.eval:
+        err.print(table("eval (student)", ["metric", "value"], _flat(result.eval).items()))
+
+
+def _flat(pair: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{"metrics": {accuracy}, "agreement": {top1}} as rows: accuracy, agreement top1."""
+    return {**pair.get("metrics", {}), **{f"agreement {k}": v for k, v in pair.get("agreement", {}).items()}}
 
 
 def _main_rank() -> bool:
@@ -195,12 +198,12 @@ def pseudo_label_cmd(
     if not _main_rank():
         return
     if json_:
-        print_json(result)
+        print_json(result.to_json())
         return
-    rows = [[name, c["labelled"], c["kept"], c["dropped"], c["in_output"]] for name, c in result["summary"].items()]
-    err.print(table(f"pseudo-label: {result['kept']} records of {result['total']} samples",
+    rows = [[name, c["labelled"], c["kept"], c["dropped"], c["in_output"]] for name, c in result.summary.items()]
+    err.print(table(f"pseudo-label: {result.kept} records of {result.total} samples",
                     ["class", "labelled", "kept", "dropped", "records"], rows))
-    err.print(f"written to {result['output']}")
+    err.print(f"written to {result.output}")
 
 
 @command("noisy-student")
@@ -215,10 +218,10 @@ def noisy_student_cmd(
     result = noisy_student(loaded, rounds, resume=resume,
                            on_event=lambda m: err.print(m, markup=False, highlight=False))
     if json_:
-        print_json(result)
+        print_json(result.to_json())
         return
-    rows = [[r["round"], *(r["eval"].get(k) for k in ("accuracy", "macro_f1")), r["student"]]
-            for r in result["rounds"]]
+    rows = [[r["round"], *(r["eval"].get("metrics", {}).get(k) for k in ("accuracy", "macro_f1")), r["student"]]
+            for r in result.rounds]
     err.print(table("noisy-student", ["round", "accuracy", "macro_f1", "student"], rows))
 
 
@@ -236,20 +239,20 @@ def evaluate_cmd(
     from kdcli.commands.evaluate import Gates, check_gates, evaluate
     report = evaluate(loaded, model, output)
     if json_:
-        print_json({**report, "output_dir": str(loaded.output)})
+        print_json({**report.to_json(), "output_dir": str(loaded.output)})
     else:
         _print_eval(report)
     check_gates(report, Gates(min_retention, min_metric, max_kl))
 
 
-def _print_eval(report: dict) -> None:
-    rows = [[name, report["teacher_metrics"].get(name), value] for name, value in report["metrics"].items()]
-    rows += [[f"agreement {k}", None, v] for k, v in report["agreement"].items()]
-    rows += [["retention", None, report["retention"]],
-             ["parameters", report["params"]["teacher"], report["params"]["student"]],
-             ["size", human_bytes(report["size_bytes"]["teacher"]), human_bytes(report["size_bytes"]["student"])],
-             ["samples/s", report["samples_per_s"]["teacher"], report["samples_per_s"]["student"]]]
-    err.print(table(f"evaluate: {report['model']} on {report['samples']} samples", ["", "teacher", "student"], rows))
+def _print_eval(report: Any) -> None:  # kdcli.commands.evaluate.EvalReport
+    rows = [[name, report.teacher_metrics.get(name), value] for name, value in report.metrics.items()]
+    rows += [[f"agreement {k}", None, v] for k, v in report.agreement.items()]
+    rows += [["retention", None, report.retention],
+             ["parameters", report.params["teacher"], report.params["student"]],
+             ["size", human_bytes(report.size_bytes["teacher"]), human_bytes(report.size_bytes["student"])],
+             ["samples/s", report.samples_per_s["teacher"], report.samples_per_s["student"]]]
+    err.print(table(f"evaluate: {report.model} on {report.samples} samples", ["", "teacher", "student"], rows))
 
 
 @command("export")
@@ -271,32 +274,32 @@ def export_cmd(
     result = export_profile(loaded, student, output, atol, quantize, latency,
                             on_event=None if json_ else lambda m: err.print(m), latency_seconds=latency_seconds)
     if json_:
-        print_json(result)
+        print_json(result.to_json())
     else:
-        _print_parity(result["parity"])
-        if "int8" in result:
-            _print_int8(result["int8"])
-        if "latency" in result:
-            _print_latency(result["latency"])
-        err.print(f"written to {result['output_dir']}")
-    parity_gate(result["parity"])
+        _print_parity(result.parity)
+        if result.int8 is not None:
+            _print_int8(result.int8)
+        if result.latency is not None:
+            _print_latency(result.latency)
+        err.print(f"written to {result.output_dir}")
+    parity_gate(result.parity)
 
 
-def _print_parity(parity: dict) -> None:
-    rows = [[name, o["max_abs_diff"], "ok" if o["ok"] else "FAIL"] for name, o in parity["outputs"].items()]
-    err.print(table(f"parity (atol {parity['atol']:g}, {len(parity['shapes'])} shapes)",
+def _print_parity(parity: Any) -> None:  # kdcli.onnx.parity.ParityReport
+    diffs = parity.diffs()
+    rows = [[name, diffs[name], "ok" if o["ok"] else "FAIL"] for name, o in parity.outputs.items()]
+    err.print(table(f"parity (atol {parity.atol:g}, {len(parity.shapes)} shapes)",
                     ["output", "max abs diff", ""], rows))
 
 
-def _print_int8(int8: dict) -> None:
+def _print_int8(int8: Any) -> None:  # kdcli.commands.export.Int8Result
     # Informational: int8 is close to fp32, never within fp32's tolerance, so it is not gated.
-    diffs = ", ".join(f"{name} {'inf' if o['max_abs_diff'] is None else format(o['max_abs_diff'], '.3g')}"
-                      for name, o in int8["parity"]["outputs"].items())
-    err.print(f"int8: {int8['onnx']} ({human_bytes(int8['size_bytes'])}), max abs diff to PyTorch: {diffs} "
+    diffs = ", ".join(f"{name} {'inf' if d is None else format(d, '.3g')}" for name, d in int8.parity.diffs().items())
+    err.print(f"int8: {int8.onnx} ({human_bytes(int8.size_bytes)}), max abs diff to PyTorch: {diffs} "
               "(not gated; see parity.int8.json)", highlight=False, markup=False, soft_wrap=True)
 
 
-def _print_latency(report: dict) -> None:
+def _print_latency(report: dict) -> None:  # kdcli.onnx.latency.LatencyReport: the latency.json document
     rows = [[r["model"], r["runtime"], r["batch_size"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["samples_per_s"]]
             for r in report["rows"]]
     err.print(table(f"latency ({report['threads']} threads)", ["model", "runtime", "batch", "p50 ms", "p90 ms",

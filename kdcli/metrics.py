@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from kdcli.data.splits import Split, to_device
-from kdcli.runtime.distributed import World, gather_rows, shard
 from kdcli.models import Adapter
+from kdcli.runtime.distributed import World, gather_rows, shard
 
-# Which metric decides "best" during training, per task (higher is better).
-PRIMARY = {"sequence-classification": "accuracy", "image-classification": "accuracy",
-           "embedding": "cosine_to_teacher", "masked-lm": "mlm_accuracy"}
+# A task's primary metric (higher is better): what decides student-best, what --min-metric gates.
+# (section of the report, key): the task metric where there are labels, agreement with the teacher otherwise.
+PRIMARY = {"sequence-classification": ("metrics", "accuracy"), "image-classification": ("metrics", "accuracy"),
+           "embedding": ("agreement", "cosine_to_teacher"), "masked-lm": ("agreement", "top1")}
 
 Forward = Callable[[dict[str, Tensor]], Tensor]
 
@@ -89,14 +92,34 @@ def _nn_agreement(student: Tensor, teacher: Tensor) -> float:
     return (nearest(student) == nearest(teacher)).float().mean().item()
 
 
+@dataclass
+class PairMetrics:
+    """A model's task metrics and its agreement with the teacher: the keys of eval.json and metrics.jsonl."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    agreement: dict[str, float] = field(default_factory=dict)
+
+    def primary(self, task: str) -> float | None:
+        return primary_metric(task, self.metrics, self.agreement)[1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metrics": dict(self.metrics), "agreement": dict(self.agreement)}
+
+
+def primary_metric(task: str, metrics: dict[str, float], agreement: dict[str, float]) -> tuple[str, float | None]:
+    """(name, value) of the task's primary metric; value None where this evaluation lacks it."""
+    section, name = PRIMARY[task]
+    value = (metrics if section == "metrics" else agreement).get(name)
+    return name, None if value is None else float(value)
+
+
 def evaluate_pair(student: Adapter, teacher: Adapter | None, split: Split, task: str, batch_size: int,
-                  device: torch.device, teacher_outputs: Tensor | None = None) -> dict[str, Any]:
+                  device: torch.device, teacher_outputs: Tensor | None = None) -> PairMetrics:
     """The metrics used during training: the student's task metric and its agreement with the teacher."""
     s_out, labels = collect(outputs_of(student, task), split, batch_size, device)
-    result: dict[str, Any] = dict(task_metrics(s_out, labels))
+    result = PairMetrics(task_metrics(s_out, labels))
     if teacher is not None or teacher_outputs is not None:
         if teacher_outputs is None:
             teacher_outputs, _ = collect(outputs_of(teacher, task), split, batch_size, device)
-        agree = agreement(s_out, teacher_outputs, task)
-        result.update(agree if task == "embedding" else {f"agreement_{k}": v for k, v in agree.items()})
+        result.agreement = agreement(s_out, teacher_outputs, task)
     return result

@@ -56,9 +56,10 @@ class Run:
     def teacher_cache(self, stage: int) -> Path:
         return self.root / "cache" / f"teacher-{stage}.pt"
 
-    def round(self, r: int) -> "Run":
+    def round(self, r: int) -> Run:
         return Run(self.root / f"round-{r}")
 
-    def round_init(self) -> Path:
+    @property
+    def init(self) -> Path:
         """A noisy-student round's freshly initialised student."""
         return self.root / "init"

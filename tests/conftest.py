@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
 import yaml
-from transformers import (BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel,
-                          BertTokenizerFast, DistilBertConfig, DistilBertForSequenceClassification,
-                          RobertaConfig, RobertaForSequenceClassification)
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertModel,
+    BertTokenizerFast,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 
-WORDS = ("the a film movie is was good bad great awful fun dull story plot acting not very really "
-         "and but it this that love hate best worst").split()
+WORDS = ["the", "a", "film", "movie", "is", "was", "good", "bad", "great", "awful", "fun", "dull", "story", "plot", "acting", "not", "very", "really", "and", "but", "it", "this", "that", "love", "hate", "best", "worst"]
 LABELS = {"id2label": {0: "negative", 1: "positive"}, "label2id": {"negative": 0, "positive": 1}}
 
 
 def tiny_bert_config(layers: int = 4, **extra: Any) -> BertConfig:
-    return BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                      intermediate_size=48, max_position_embeddings=64, type_vocab_size=2, **extra)
+    """The one tiny BERT every test builds from; `extra` overrides any field."""
+    fields = {"vocab_size": 64, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 48,
+              "max_position_embeddings": 64, "type_vocab_size": 2}
+    return BertConfig(num_hidden_layers=layers, **{**fields, **extra})
 
 
 def write_tokenizer(folder: Path) -> BertTokenizerFast:

@@ -16,8 +16,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from kdcli.cli import app
-from kdcli.profile import load_profile
 from kdcli.commands.init_student import init_student
+from kdcli.profile import load_profile
 
 WIRED = ("needs kdcli.data.check_train_labels called in kdcli.train.distill after train_and_eval "
          "(see docs/reliability.md, 'Where each guard lives')")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kdcli.commands.distill import distill
+from kdcli.commands.init_student import init_student
 from kdcli.errors import BadInput
 from kdcli.profile import load_profile
-from kdcli.commands.init_student import init_student
-from kdcli.train.loop import distill
 
 
 def _run(write_profile, spec: dict, cache: bool, name: str) -> dict[str, torch.Tensor]:
@@ -16,7 +16,7 @@ def _run(write_profile, spec: dict, cache: bool, name: str) -> dict[str, torch.T
     profile = load_profile(path, [f"train.cache_teacher={str(cache).lower()}", f"output={name}"])
     summary = distill(profile)
     from kdcli.models import load_student
-    return load_student(profile, summary["student"]).module.state_dict()
+    return load_student(profile, summary.student).module.state_dict()
 
 
 def _assert_same(a: dict, b: dict, atol: float) -> None:

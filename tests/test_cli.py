@@ -137,11 +137,11 @@ def test_debug_env_shows_the_traceback(kd, job):
 
 
 def test_ctrl_c_exits_130(kd, job, monkeypatch):
-    import kdcli.train.loop
+    import kdcli.commands.distill
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(kdcli.train.loop, "distill", interrupted)
+    monkeypatch.setattr(kdcli.commands.distill, "distill", interrupted)
     result = run(kd, "distill", job)
     assert result.exit_code == 130 and "interrupted" in result.stderr and "Traceback" not in result.output
 
@@ -264,3 +264,20 @@ def test_installed_script_json_and_bad_input(job, write_profile):
     assert wrong.returncode == 2 and bad_out == ""
     assert f"{bad}:" in bad_err and "unknown key 'tasks' (did you mean 'task'?)" in bad_err
     assert "Traceback" not in bad_err
+
+
+def test_distill_nproc_validates_the_profile_before_launching_torchrun(kd, job, write_profile):
+    bad = write_profile(yaml.safe_dump({**yaml.safe_load(job.read_text()), "tasks": "x"}), "bad.yaml")
+    result = run(kd, "distill", bad, "--nproc", "2")
+    assert_bad_input(result, "unknown key 'tasks'")  # one message from this process, none from N workers
+
+
+def test_init_student_without_a_teacher_prints_its_table(kd, write_profile, tmp_path):
+    profile = write_profile({"name": "scratch", "task": "image-classification",
+                             "student": {"path": "student", "init": {"architecture": "resnet18", "num_classes": 10}},
+                             "data": {"train": "sklearn:digits"}, "distill": {"losses": [{"kind": "ce"}]},
+                             "output": "run"})
+    result = run(kd, "init-student", profile)
+    assert result.exit_code == 0, result.output
+    assert "ResNet" in result.stderr and "student written to" in result.stderr
+    assert (tmp_path / "student" / "config.json").is_file()

@@ -240,7 +240,7 @@ def test_digits_shape_range_labels() -> None:
     assert got.labels.dtype == torch.long and sorted(set(got.labels.tolist())) == list(range(10))
     assert got.class_names == [str(i) for i in range(10)] and got.sources[5] == "digits:5"
     small = data.read_images("sklearn:digits", image_size=16, channels=1)
-    assert small.images.shape == (1797, 1, 16, 16) and 0 <= small.images.min() and small.images.max() <= 1
+    assert small.images.shape == (1797, 1, 16, 16) and small.images.min() >= 0 and small.images.max() <= 1
     with pytest.raises(DataError, match="sklearn:mnist: unknown dataset"):
         data.read_images("sklearn:mnist")
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from kdcli.profile import load_profile
+from kdcli.commands.distill import distill
 from kdcli.commands.init_student import init_student
-from kdcli.train.loop import distill
+from kdcli.profile import load_profile
 
 
 def _profile(write_profile, bert_cls: Path, data: Path) -> Path:
@@ -67,7 +67,7 @@ def test_evaluate_and_pseudo_label_shard_across_two_processes(write_profile, ber
     from kdcli.commands.evaluate import evaluate
     from kdcli.commands.pseudo_label import pseudo_label
     profile = load_profile(path, [f"data.eval={sst_tiny}", f"data.unlabeled={unlabeled}", "train.batch_size=5"])
-    single = evaluate(profile, str(tmp_path / "init"), tmp_path / "one-eval.json")
+    single = evaluate(profile, str(tmp_path / "init"), tmp_path / "one-eval.json").to_json()
     sharded = json.loads((tmp_path / "ddp-eval.json").read_text())
     assert sharded["samples"] == single["samples"] == 48  # 10 batches of 5, split 5 and 5 across ranks
     for key in ("accuracy", "macro_f1"):

@@ -19,10 +19,10 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 from typer.testing import CliRunner
 
 from kdcli.cli import app
-from kdcli.profile import load_profile
+from kdcli.commands.distill import distill
 from kdcli.commands.export import export_profile
 from kdcli.commands.init_student import init_student
-from kdcli.train.loop import distill
+from kdcli.profile import load_profile
 
 MAX_LENGTH = 16
 

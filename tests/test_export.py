@@ -14,17 +14,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import tiny_bert_config
 from torch import nn
 
-from kdcli.errors import BadInput, KdcliError
+from kdcli.errors import KdcliError
 from kdcli.onnx.export import export_onnx
-from kdcli.onnx.parity import (
-    ParityReport,
-    check_parity,
-    default_atol,
-    ort_session,
-    quantize_int8,
-)
+from kdcli.onnx.parity import ParityReport, check_parity, default_atol, ort_session
+from kdcli.onnx.quantize import quantize_int8
 
 transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
@@ -68,15 +64,8 @@ class Truncated(nn.Module):
         return self.inner(*args)[:, :-1]
 
 
-def bert_config(layers: int = 2):
-    return transformers.BertConfig(
-        hidden_size=32,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        intermediate_size=37,
-        vocab_size=100,
-        max_position_embeddings=64,
-    )
+def bert_config(layers: int = 2) -> transformers.BertConfig:
+    return tiny_bert_config(layers, vocab_size=100)
 
 
 def text_batch(batch: int, seq: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -290,19 +279,20 @@ def test_export_restores_training_flag(out_dir):
     assert rep.ok and module.training is True  # parity ran in eval mode (no dropout)
 
 
-def test_bad_arguments(tmp_path):
+def test_a_broken_call_is_a_bug_not_bad_input(tmp_path):
+    """Arguments come from kdcli itself, never from the user: a broken contract is a ValueError (exit 1, bug hint)."""
     module = nn.Linear(4, 3)
     ex = {"x": torch.randn(2, 4)}
-    with pytest.raises(BadInput):
+    with pytest.raises(ValueError, match="neither inputs"):
         export_onnx(module, ex, tmp_path / "a.onnx", output_names=["y"], dynamic_axes={"nope": {0: "b"}})
-    with pytest.raises(BadInput):
+    with pytest.raises(ValueError, match="out of range"):
         export_onnx(module, ex, tmp_path / "a.onnx", output_names=["y"], dynamic_axes={"x": {5: "b"}})
-    with pytest.raises(BadInput):
+    with pytest.raises(ValueError, match="at least one example"):
         export_onnx(module, {}, tmp_path / "a.onnx", output_names=["y"], dynamic_axes={})
-    with pytest.raises(BadInput):
+    with pytest.raises(ValueError, match="not found"):
         ort_session(tmp_path / "missing.onnx")
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
-    with pytest.raises(BadInput):
+    with pytest.raises(KdcliError, match="onnxruntime cannot load"):
         ort_session(tmp_path / "bad.onnx")
     assert not (tmp_path / "a.onnx").exists()
 
@@ -322,7 +312,7 @@ def test_unexportable_model_raises_kdcli_error(tmp_path):
 def test_default_atol():
     assert default_atol("transformers") == 1e-4
     assert default_atol("timm") == 1e-3
-    with pytest.raises(BadInput):
+    with pytest.raises(ValueError, match="unknown model family"):
         default_atol("sklearn")
 
 

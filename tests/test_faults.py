@@ -28,11 +28,11 @@ from transformers import AutoModelForSequenceClassification
 from typer.testing import CliRunner
 
 from kdcli.cli import app
-from kdcli.errors import BadInput
-from kdcli.runtime.lock import held_by, run_lock
-from kdcli.profile import load_profile
+from kdcli.commands.distill import distill
 from kdcli.commands.init_student import init_student
-from kdcli.train.loop import distill
+from kdcli.errors import BadInput
+from kdcli.profile import load_profile
+from kdcli.runtime.lock import held_by, run_lock
 
 LOSSES = [{"kind": "ce", "weight": 0.5}, {"kind": "hinton", "temperature": 2.0}, {"kind": "hidden_mse"}]
 STEPS = 18  # 3 epochs of 6 batches: evaluations (and student-best saves) at steps 6, 12 and 18
@@ -75,7 +75,7 @@ def make_reference(folder: Path, teacher: Path, steps: int) -> tuple[Path, dict[
         f"{' '.join(generator.choices(words, k=generator.randint(3, 11)))}\t{i % 2}\n" for i in range(48)))
     path = job(folder, teacher, data, max_steps=steps)
     summary = distill(load_profile(path, ["output=reference"]))
-    return path, student_weights(Path(summary["student"]))
+    return path, student_weights(Path(summary.student))
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,12 @@ import time
 
 import pytest
 import torch
+from conftest import tiny_bert_config
 from torch import nn
 
-from kdcli.errors import BadInput
 from kdcli.onnx.export import export_onnx
-from kdcli.onnx.latency import latency_report, latency_rows, measure, plot_png, render_markdown, speedup
+from kdcli.onnx.latency import latency_report, latency_rows, measure, speedup
+from kdcli.onnx.report import plot_png, render_markdown
 
 transformers = pytest.importorskip("transformers")
 
@@ -38,15 +39,7 @@ class TextWrapper(nn.Module):
 
 def tiny_bert(layers: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    cfg = transformers.BertConfig(
-        hidden_size=32,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        intermediate_size=37,
-        vocab_size=100,
-        max_position_embeddings=64,
-    )
-    return TextWrapper(transformers.BertModel(cfg)).eval()
+    return TextWrapper(transformers.BertModel(tiny_bert_config(layers, vocab_size=100))).eval()
 
 
 SEQ = 16
@@ -99,9 +92,9 @@ def test_measure_runs_until_min_seconds_and_respects_max_runs():
 
 
 def test_measure_rejects_bad_settings():
-    with pytest.raises(BadInput):
+    with pytest.raises(ValueError):
         measure(lambda: None, min_runs=0)
-    with pytest.raises(BadInput):
+    with pytest.raises(ValueError):
         measure(lambda: None, min_runs=10, max_runs=5)
 
 
@@ -135,7 +128,7 @@ def test_latency_rows_restores_torch_threads_and_modes(pair):
 
 
 def test_latency_rows_bad_shape_key(pair):
-    with pytest.raises(BadInput):
+    with pytest.raises(ValueError):
         latency_rows(pair, make_inputs, [1], "height", 32, threads=1, **FAST)
 
 

@@ -14,17 +14,17 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from typer.testing import CliRunner
 
-import kdcli.train.loop
-from kdcli.data.splits import load_split
-from kdcli.models import load_student, load_teacher
+import kdcli.commands.distill
 from kdcli.cli import app
-from kdcli.errors import DataError
-from kdcli.profile import PseudoSpec, load_profile
+from kdcli.commands.distill import distill
+from kdcli.commands.init_student import init_student
 from kdcli.commands.pseudo_label import pseudo_label, select, summarize
 from kdcli.data.pseudo import pseudo_split, read_labels
+from kdcli.data.splits import load_split
+from kdcli.errors import DataError
+from kdcli.models import load_student, load_teacher
+from kdcli.profile import PseudoSpec, load_profile
 from kdcli.train.step import cycle_indices
-from kdcli.commands.init_student import init_student
-from kdcli.train.loop import distill
 
 RECORD_KEYS = {"id", "source", "label", "label_name", "confidence", "topk"}
 
@@ -71,11 +71,11 @@ def test_text_records_carry_the_schema_and_the_teachers_softmax_at_temperature(
     spec = text_spec(bert_cls, sst_tiny, unlabeled_txt, pseudo={"temperature": 2.0, "topk": 2},
                      train={"noise": {"token_mask": 0.5}})
     result = pseudo_label(load_profile(write_profile(spec)))
-    out = Path(result["output"])
+    out = Path(result.output)
     assert out == unlabeled_txt.parent / "run" / "pseudo" / "labels.jsonl"
     records = read_jsonl(out)
     texts = sentences(sst_tiny)[:20]
-    assert result["total"] == result["kept"] == result["kept_samples"] == len(records) == 20
+    assert result.total == result.kept == result.kept_samples == len(records) == 20
 
     tokenizer = AutoTokenizer.from_pretrained(bert_cls)
     model = AutoModelForSequenceClassification.from_pretrained(bert_cls).eval()
@@ -93,7 +93,7 @@ def test_text_records_carry_the_schema_and_the_teachers_softmax_at_temperature(
         for label, prob in record["topk"]:
             assert isinstance(label, int) and prob == pytest.approx(float(probs[i, label]), abs=1e-6)
         assert record["topk"][0] == [record["label"], record["confidence"]]
-    counts = result["summary"]
+    counts = result.summary
     assert sum(c["labelled"] for c in counts.values()) == 20 and set(counts) == {"negative", "positive"}
     assert all(c["dropped"] == 0 and c["kept"] == c["in_output"] for c in counts.values())
 
@@ -119,7 +119,7 @@ def test_image_records_carry_paths_and_sorted_topk(write_profile, timm_resnet, t
             "train": {"batch_size": 5, "noise": {"randaugment": True}},  # 12 = 5 + 5 + 2: a ragged last batch
             "pseudo": {"topk": 3, "temperature": 0.5}, "output": "run"}
     result = pseudo_label(load_profile(write_profile(spec)))
-    records = read_jsonl(Path(result["output"]))
+    records = read_jsonl(Path(result.output))
 
     model = timm.create_model("resnet18", num_classes=10)
     model.load_state_dict(load_file(str(timm_resnet)))
@@ -235,8 +235,8 @@ def record_inputs(monkeypatch: pytest.MonkeyPatch, submodule: str | None = None)
             module.register_forward_pre_hook(hook(role), with_kwargs=True)
             return adapter
         return load
-    monkeypatch.setattr(kdcli.train.loop, "load_teacher", wrap(load_teacher, "teacher"))
-    monkeypatch.setattr(kdcli.train.loop, "load_student", wrap(load_student, "student"))
+    monkeypatch.setattr(kdcli.commands.distill, "load_teacher", wrap(load_teacher, "teacher"))
+    monkeypatch.setattr(kdcli.commands.distill, "load_student", wrap(load_student, "student"))
     return seen
 
 
@@ -255,7 +255,7 @@ def clean_batches(profile, key: str, steps: int) -> list[torch.Tensor]:
 def test_text_batches_mix_labelled_and_pseudo_at_the_ratio_and_noise_only_the_student(
         write_profile, bert_cls, sst_tiny, unlabeled_txt, monkeypatch):
     path = write_profile(text_spec(bert_cls, sst_tiny, unlabeled_txt, pseudo={"ratio": 1.5, "topk": 2}))
-    labels = Path(pseudo_label(load_profile(path))["output"])
+    labels = Path(pseudo_label(load_profile(path)).output)
     spec = text_spec(bert_cls, sst_tiny, unlabeled_txt, pseudo={"ratio": 1.5},
                      data={"pseudo": str(labels)}, train={"max_steps": 4, "noise": {"token_mask": 0.5}},
                      distill={"losses": [{"kind": "ce", "weight": 0.5}, {"kind": "hinton"}]})
@@ -305,7 +305,7 @@ def test_images_the_teacher_sees_clean_pixels_and_the_student_randaugmented_ones
                       "noise": {"randaugment": True}},
             "pseudo": {"ratio": 0.5}, "output": "img"}
     path = write_profile(spec)
-    labels = Path(pseudo_label(load_profile(path))["output"])
+    labels = Path(pseudo_label(load_profile(path)).output)
     path = write_profile({**spec, "data": {**spec["data"], "pseudo": str(labels)}})
     init_student(load_profile(path))
     seen = record_inputs(monkeypatch, submodule="conv1")

@@ -17,11 +17,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from kdcli.cli import app
+from kdcli.commands.init_student import init_student
 from kdcli.data.splits import load_split
 from kdcli.models import load_student
-from kdcli.cli import app
 from kdcli.profile import load_profile
-from kdcli.commands.init_student import init_student
 
 FAST = ["--latency-seconds", "0"]
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
+from kdcli.commands.init_student import init_student
 from kdcli.errors import BadInput
 from kdcli.losses.layermap import select_layers
 from kdcli.profile import load_profile
-from kdcli.commands.init_student import init_student
 
 
 def profile_for(write_profile, teacher, task="sequence-classification", source="transformers", **init):

@@ -10,10 +10,10 @@ import torch
 import yaml
 from transformers import AutoModelForSequenceClassification
 
+from kdcli.commands.distill import distill
+from kdcli.commands.init_student import init_student
 from kdcli.errors import BadInput
 from kdcli.profile import load_profile
-from kdcli.commands.init_student import init_student
-from kdcli.train.loop import distill
 
 
 def text_profile(write_profile, teacher: Path, data: Path, losses: list[dict], **train) -> Path:
@@ -45,7 +45,7 @@ def student_state(run: Path) -> dict[str, torch.Tensor]:
 def test_every_text_loss_trains_and_writes_the_run_folder(write_profile, bert_cls, sst_tiny):
     path = text_profile(write_profile, bert_cls, sst_tiny, ALL_TEXT_LOSSES, max_steps=4)
     summary = distill(load_profile(path))
-    run = Path(summary["output_dir"])
+    run = Path(summary.output_dir)
     assert (run / "profile.lock.yaml").is_file() and (run / "checkpoints" / "last.pt").is_file()
     lock = yaml.safe_load((run / "profile.lock.yaml").read_text())
     assert lock["versions"]["torch"] == torch.__version__
@@ -55,8 +55,8 @@ def test_every_text_loss_trains_and_writes_the_run_folder(write_profile, bert_cl
     steps = [line for line in lines if "loss" in line]
     assert [s["step"] for s in steps] == [1, 2, 3, 4]
     assert {"loss/ce", "loss/hinton", "loss/attention_mse", "loss/rkd", "lr", "samples_per_s"} <= set(steps[0])
-    assert any("eval" in line and "accuracy" in line["eval"] for line in lines)
-    assert 0.0 <= summary["eval"]["accuracy"] <= 1.0 and "agreement_top1" in summary["eval"]
+    assert any("eval" in line and "accuracy" in line["eval"]["metrics"] for line in lines)
+    assert 0.0 <= summary.eval["metrics"]["accuracy"] <= 1.0 and "top1" in summary.eval["agreement"]
 
 
 def test_loss_goes_down(write_profile, bert_cls, sst_tiny):
@@ -86,7 +86,7 @@ def test_killed_run_resumes_to_the_same_student(write_profile, bert_cls, sst_tin
     distill(load_profile(path, ["output=crashed"]), resume=True)
     lines = [json.loads(x) for x in (path.parent / "crashed" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == list(range(1, 9))  # steps 4-5 logged once, not twice
-    a, b = student_state(Path(full["output_dir"])), student_state(path.parent / "crashed")
+    a, b = student_state(Path(full.output_dir)), student_state(path.parent / "crashed")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
 
@@ -102,7 +102,7 @@ def test_ctrl_c_saves_a_checkpoint_then_resume_matches(write_profile, bert_cls, 
         distill(load_profile(path, ["output=stopped"]), on_step=interrupt_at_4)
     assert torch.load(path.parent / "stopped" / "checkpoints" / "last.pt", weights_only=True)["step"] == 4
     distill(load_profile(path, ["output=stopped"]), resume=True)
-    a, b = student_state(Path(full["output_dir"])), student_state(path.parent / "stopped")
+    a, b = student_state(Path(full.output_dir)), student_state(path.parent / "stopped")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
 
@@ -138,8 +138,8 @@ def test_supervised_profile_needs_no_teacher(write_profile, bert_encoder, sst_ti
             "distill": {"losses": [{"kind": "ce"}]},
             "train": {"max_steps": 3, "batch_size": 8, "lr": 1e-3}, "output": "sup"}
     summary = distill(load_profile(write_profile(spec)))
-    model = AutoModelForSequenceClassification.from_pretrained(summary["student"])
-    assert model.config.num_labels == 2 and "accuracy" in summary["eval"]
+    model = AutoModelForSequenceClassification.from_pretrained(summary.student)
+    assert model.config.num_labels == 2 and "accuracy" in summary.eval["metrics"]
 
 
 def test_masked_lm_triple_loss(write_profile, bert_mlm, sst_tiny):
@@ -177,7 +177,7 @@ def test_timm_feature_and_relation_losses(write_profile, timm_resnet, tmp_path):
     summary = distill(load_profile(path), on_step=peek)
     assert any("projections.4" in key for key in saved["losses"])
     import timm
-    model = timm.create_model(f"local-dir:{summary['student']}", pretrained=True)
+    model = timm.create_model(f"local-dir:{summary.student}", pretrained=True)
     assert model.num_classes == 10
     checkpoint = torch.load(path.parent / "img" / "checkpoints" / "last.pt", weights_only=True)
     assert checkpoint["stage"] == 1  # every stage finished

@@ -6,7 +6,7 @@ What ships is what is measured: `--model` may name an exported `.onnx`, run thro
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +15,13 @@ import torch
 from torch import Tensor
 
 from kdcli.data.splits import Split, load_split
-from kdcli.models import load_student, load_teacher
-from kdcli.runtime.distributed import World, join, leave, pick_device, place
 from kdcli.errors import BadInput, GateFailed
-from kdcli.runtime.files import atomic_write_json
-from kdcli.metrics import Forward, agreement, collect, outputs_of, task_metrics
-from kdcli.models import Adapter, dir_size, mean_pool
+from kdcli.metrics import Forward, agreement, collect, outputs_of, primary_metric, task_metrics
+from kdcli.models import Adapter, dir_size, load_student, load_teacher, mean_pool
 from kdcli.profile import Profile
+from kdcli.run import Run
+from kdcli.runtime.distributed import Session, session
+from kdcli.runtime.files import atomic_write_json
 
 
 @dataclass
@@ -31,45 +31,62 @@ class Gates:
     max_kl: float | None = None
 
 
-def evaluate(profile: Profile, model: str = "student", output: Path | None = None) -> dict[str, Any]:
-    """Compute eval.json for the chosen model against the teacher; write it to the run folder."""
-    device = pick_device(profile.train.device)
-    world = join(device.type)  # under torchrun, each rank evaluates its share of the batches
-    device = place(world, device)
-    teacher = load_teacher(profile)
-    if teacher is not None:
-        teacher.to(device)
-    reader = teacher or load_student(profile)
-    split = _eval_split(profile, reader)
-    batch_size = profile.train.batch_size
-    forward, params, size, name = _candidate(profile, model, teacher, device)
-    s_out, labels, s_rate = _timed(forward, split, batch_size, device, world)
-    report: dict[str, Any] = {"model": name, "task": profile.task, "samples": split.size,
-                              "metrics": task_metrics(s_out, labels), "teacher_metrics": {}, "agreement": {},
-                              "retention": None, "params": {"student": params, "teacher": None},
-                              "size_bytes": {"student": size, "teacher": None},
-                              "samples_per_s": {"student": s_rate, "teacher": None}}
-    if teacher is not None:
-        t_out, _, t_rate = _timed(outputs_of(teacher, profile.task), split, batch_size, device, world)
-        report["teacher_metrics"] = task_metrics(t_out, labels)
-        report["agreement"] = agreement(s_out, t_out, profile.task)
-        report["params"]["teacher"] = teacher.param_count()
-        report["size_bytes"]["teacher"] = dir_size(teacher.path) if teacher.path else None
-        report["samples_per_s"]["teacher"] = t_rate
-        report["retention"] = _retention(report, profile.task)
-    if world.main:
-        atomic_write_json(Path(output) if output else profile.output / "eval.json", report)
-    leave(world)
+@dataclass
+class EvalReport:
+    """eval.json: the judged model beside its teacher (teacher fields None without one)."""
+
+    model: str
+    task: str
+    samples: int
+    metrics: dict[str, float]
+    teacher_metrics: dict[str, float] = field(default_factory=dict)
+    agreement: dict[str, float] = field(default_factory=dict)
+    retention: float | None = None
+    params: dict[str, int | None] = field(default_factory=dict)
+    size_bytes: dict[str, int | None] = field(default_factory=dict)
+    samples_per_s: dict[str, float | None] = field(default_factory=dict)
+
+    def primary(self) -> tuple[str, float | None]:
+        return primary_metric(self.task, self.metrics, self.agreement)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate(profile: Profile, model: str = "student", output: Path | None = None) -> EvalReport:
+    """Judge the chosen model against the teacher; write eval.json to the run folder (or `output`)."""
+    with session(profile.train.device) as where:  # under torchrun, each rank evaluates its share
+        teacher = load_teacher(profile)
+        if teacher is not None:
+            teacher.to(where.device)
+        split = _eval_split(profile, teacher or load_student(profile))
+        batch_size = profile.train.batch_size
+        forward, params, size, name = _candidate(profile, model, teacher, where.device)
+        s_out, labels, s_rate = _timed(forward, split, batch_size, where)
+        report = EvalReport(model=name, task=profile.task, samples=split.size, metrics=task_metrics(s_out, labels),
+                            params={"student": params, "teacher": None},
+                            size_bytes={"student": size, "teacher": None},
+                            samples_per_s={"student": s_rate, "teacher": None})
+        if teacher is not None:
+            t_out, _, t_rate = _timed(outputs_of(teacher, profile.task), split, batch_size, where)
+            report.teacher_metrics = task_metrics(t_out, labels)
+            report.agreement = agreement(s_out, t_out, profile.task)
+            report.params["teacher"] = teacher.param_count()
+            report.size_bytes["teacher"] = dir_size(teacher.path) if teacher.path else None
+            report.samples_per_s["teacher"] = t_rate
+            report.retention = _retention(report)
+        if where.main:
+            atomic_write_json(Path(output) if output else Run(profile.output).eval_report, report.to_json())
     return report
 
 
-def check_gates(report: dict[str, Any], gates: Gates) -> None:
+def check_gates(report: EvalReport, gates: Gates) -> None:
     """Raise GateFailed naming the first unmet gate and both numbers."""
-    metric_name, metric = primary_metric(report)
+    metric_name, metric = report.primary()
     checks = [
-        ("--min-retention", gates.min_retention, report.get("retention"), "retention", lambda v, g: v >= g),
+        ("--min-retention", gates.min_retention, report.retention, "retention", lambda v, g: v >= g),
         ("--min-metric", gates.min_metric, metric, metric_name, lambda v, g: v >= g),
-        ("--max-kl", gates.max_kl, report.get("agreement", {}).get("kl"), "kl", lambda v, g: v <= g),
+        ("--max-kl", gates.max_kl, report.agreement.get("kl"), "kl", lambda v, g: v <= g),
     ]
     for flag, gate, value, label, ok in checks:
         if gate is None:
@@ -81,19 +98,11 @@ def check_gates(report: dict[str, Any], gates: Gates) -> None:
             raise GateFailed(f"gate {flag} {gate} failed: {label} is {value:.4f}")
 
 
-def primary_metric(report: dict[str, Any]) -> tuple[str, float | None]:
-    if "accuracy" in report["metrics"]:
-        return "accuracy", report["metrics"]["accuracy"]
-    if "cosine_to_teacher" in report.get("agreement", {}):
-        return "cosine_to_teacher", report["agreement"]["cosine_to_teacher"]
-    return "metric", None
-
-
-def _retention(report: dict[str, Any], task: str) -> float | None:
+def _retention(report: EvalReport) -> float | None:
     """Student metric / teacher metric; for embeddings, the cosine to the teacher (the teacher's is 1)."""
-    if task == "embedding":
-        return report["agreement"].get("cosine_to_teacher")
-    s, t = report["metrics"].get("accuracy"), report["teacher_metrics"].get("accuracy")
+    if report.task == "embedding":
+        return report.agreement.get("cosine_to_teacher")
+    s, t = report.metrics.get("accuracy"), report.teacher_metrics.get("accuracy")
     return s / t if s is not None and t else None
 
 
@@ -111,7 +120,7 @@ def _candidate(profile: Profile, which: str, teacher: Adapter | None, device: to
             raise BadInput("--model teacher: the profile has no teacher")
         return outputs_of(teacher, profile.task), teacher.param_count(), dir_size(teacher.path), "teacher"
     if which == "student":
-        path = profile.output / "student"
+        path = Run(profile.output).student
         if not path.exists():
             raise BadInput(f"no distilled student at {path}", hint="run kdcli distill first, or pass --model PATH")
     else:
@@ -143,8 +152,7 @@ def onnx_forward(path: Path, task: str) -> Forward:
     return run
 
 
-def _timed(forward: Forward, split: Split, batch_size: int, device: torch.device, world: World
-           ) -> tuple[Tensor, Tensor | None, float]:
+def _timed(forward: Forward, split: Split, batch_size: int, where: Session) -> tuple[Tensor, Tensor | None, float]:
     start = time.perf_counter()
-    out, labels = collect(forward, split, batch_size, device, world)
+    out, labels = collect(forward, split, batch_size, where.device, where.world)
     return out, labels, split.size / max(time.perf_counter() - start, 1e-9)

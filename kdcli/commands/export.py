@@ -1,38 +1,79 @@
 """The export command: the student to ONNX, proven to match in onnxruntime, with a latency report.
 
-export.py and latency.py hold the model-agnostic parts; this module ties them to a profile:
-real eval batches for parity, the data's sequence length or image size for latency, and the run's
-export/ folder for model.onnx, parity.json, latency.json, report.md (and latency.png).
+kdcli/onnx holds the model-agnostic parts; this module ties them to a profile: real eval batches for parity,
+the data's sequence length or image size for latency, and the run's export/ folder for model.onnx,
+parity.json, latency.json, report.md (and latency.png).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from kdcli.data.splits import Split, load_split
-from kdcli.models import load_student, load_teacher
 from kdcli.errors import BadInput, GateFailed
+from kdcli.models import Adapter, dir_size, load_student, load_teacher
+from kdcli.models.base import Exportable
 from kdcli.onnx.export import export_onnx
-from kdcli.runtime.files import atomic_write_json, atomic_write_text
-from kdcli.onnx.latency import latency_report, latency_rows, plot_png, render_markdown
-from kdcli.models import Adapter, dir_size
-from kdcli.onnx.parity import check_parity, default_atol, quantize_int8
+from kdcli.onnx.latency import LatencyReport, latency_report, latency_rows
+from kdcli.onnx.parity import ParityReport, check_parity, default_atol
+from kdcli.onnx.quantize import quantize_int8
+from kdcli.onnx.report import plot_png, render_markdown
 from kdcli.profile import Profile
+from kdcli.run import Run
+from kdcli.runtime.files import atomic_write_json, atomic_write_text
+
+
+@dataclass
+class Int8Result:
+    """model.int8.onnx and its parity to PyTorch (reported, not gated)."""
+
+    onnx: Path
+    size_bytes: int
+    parity: ParityReport
+
+    def to_json(self) -> dict[str, Any]:
+        return {"onnx": str(self.onnx), "size_bytes": self.size_bytes, "parity": self.parity.to_json()}
+
+
+@dataclass
+class ExportResult:
+    """What export_profile wrote; to_json() is the `kdcli export --json` document."""
+
+    output_dir: Path
+    onnx: Path
+    parity: ParityReport
+    size_bytes: dict[str, int]                 # {"onnx": bytes of model.onnx}
+    int8: Int8Result | None = None             # with --quantize int8
+    latency: LatencyReport | None = None       # unless --no-latency
+
+    def to_json(self) -> dict[str, Any]:
+        """What `kdcli export --json` prints: int8 only when quantized, latency only when measured."""
+        out: dict[str, Any] = {"output_dir": str(self.output_dir), "onnx": str(self.onnx),
+                               "parity": self.parity.to_json(), "size_bytes": dict(self.size_bytes)}
+        if self.int8 is not None:
+            out["int8"] = self.int8.to_json()
+        if self.latency is not None:
+            out["latency"] = dict(self.latency)
+        return out
 
 
 def export_profile(profile: Profile, student_dir: Path | None = None, output: Path | None = None,
                    atol: float | None = None, quantize: str | None = None, latency: bool = True,
-                   on_event: Callable[[str], None] | None = None, latency_seconds: float = 0.5) -> dict[str, Any]:
+                   on_event: Callable[[str], None] | None = None, latency_seconds: float = 0.5) -> ExportResult:
+    """Export the student, check parity on real batches, and optionally quantize and time it."""
     say = on_event or (lambda message: None)
-    student_dir = Path(student_dir or profile.output / "student")
+    run = Run(profile.output)
+    student_dir = Path(student_dir or run.student)
     if not student_dir.exists():
         raise BadInput(f"no student at {student_dir}", hint="run kdcli distill first, or pass --student DIR")
-    out = Path(output or profile.output / "export")
+    out = Path(output or run.export)
     student = load_student(profile, student_dir)
     student.module.eval()
     view = student.exportable()
@@ -45,22 +86,20 @@ def export_profile(profile: Profile, student_dir: Path | None = None, output: Pa
                             output_names=view.output_names, dynamic_axes=view.dynamic_axes,
                             opset=profile.export.opset)
     say("checking parity in onnxruntime")
-    parity = check_parity(view.module, onnx_path, [_ordered(b, view.input_names) for b in batches], tolerance,
-                          view.output_names).to_json()
-    atomic_write_json(out / "parity.json", parity)
-    result: dict[str, Any] = {"output_dir": str(out), "onnx": str(onnx_path), "parity": parity,
-                              "size_bytes": {"onnx": dir_size(onnx_path)}}
+    parity = _parity(view, onnx_path, batches, tolerance)
+    atomic_write_json(out / "parity.json", parity.to_json())
+    result = ExportResult(output_dir=out, onnx=onnx_path, parity=parity, size_bytes={"onnx": dir_size(onnx_path)})
     if quantize == "int8":
-        result["int8"] = _int8(view, onnx_path, out, batches, tolerance)
+        result.int8 = _int8(view, onnx_path, out, batches, tolerance)
     if latency:
         say("measuring latency: teacher vs student, PyTorch vs onnxruntime")
-        result["latency"] = _latency(profile, student, batches[0], onnx_path, out, parity, latency_seconds)
+        result.latency = _latency(profile, student, batches[0], onnx_path, out, parity, latency_seconds)
     return result
 
 
-def parity_gate(parity: dict[str, Any]) -> None:
+def parity_gate(parity: ParityReport) -> None:
     """Exit 1 (GateFailed) when any output missed the tolerance or changed shape."""
-    if not parity["ok"]:
+    if not parity.ok:
         raise GateFailed(_parity_failure(parity), hint="see parity.json; --atol sets the tolerance")
 
 
@@ -83,16 +122,20 @@ def _ordered(batch: dict[str, Tensor], names: list[str]) -> dict[str, Tensor]:
     return {name: batch[name] for name in names}
 
 
-def _int8(view: Any, onnx_path: Path, out: Path, batches: list[dict[str, Tensor]], atol: float) -> dict[str, Any]:
+def _parity(view: Exportable, onnx_path: Path, batches: list[dict[str, Tensor]], atol: float) -> ParityReport:
+    return check_parity(view.module, onnx_path, [_ordered(b, view.input_names) for b in batches], atol,
+                        view.output_names)
+
+
+def _int8(view: Exportable, onnx_path: Path, out: Path, batches: list[dict[str, Tensor]], atol: float) -> Int8Result:
     quantized = quantize_int8(onnx_path, out / "model.int8.onnx")
-    parity = check_parity(view.module, quantized, [_ordered(b, view.input_names) for b in batches], atol,
-                          view.output_names).to_json()
-    atomic_write_json(out / "parity.int8.json", parity)
-    return {"onnx": str(quantized), "size_bytes": dir_size(quantized), "parity": parity}
+    parity = _parity(view, quantized, batches, atol)
+    atomic_write_json(out / "parity.int8.json", parity.to_json())
+    return Int8Result(onnx=quantized, size_bytes=dir_size(quantized), parity=parity)
 
 
 def _latency(profile: Profile, student: Adapter, batch: dict[str, Tensor], onnx_path: Path, out: Path,
-             parity: dict[str, Any], min_seconds: float = 0.5) -> dict[str, Any]:
+             parity: ParityReport, min_seconds: float = 0.5) -> LatencyReport:
     """Teacher vs student in PyTorch and onnxruntime at the profile's batch sizes and the data's shape."""
     view = student.exportable()
     models: dict[str, tuple[Any, Path | None]] = {"student": (view.module, onnx_path)}
@@ -111,7 +154,7 @@ def _latency(profile: Profile, student: Adapter, batch: dict[str, Tensor], onnx_
                         view.shape_key, shape, threads, min_seconds=min_seconds)
     report = latency_report(rows, threads, sizes)
     atomic_write_json(out / "latency.json", report)
-    atomic_write_text(out / "report.md", render_markdown(report, parity))
+    atomic_write_text(out / "report.md", render_markdown(report, parity.to_json()))
     chart = plot_png(report, out / "latency.png")
     report["chart"] = str(chart) if chart else None
     return report
@@ -131,7 +174,7 @@ def _synthetic(batch: dict[str, Tensor], names: list[str], size: int) -> dict[st
     return rows
 
 
-def _parity_failure(parity: dict[str, Any]) -> str:
-    worst = ", ".join(f"{name}: max abs diff {o['max_abs_diff']}" for name, o in parity["outputs"].items()
-                      if not o["ok"])
-    return f"ONNX output does not match PyTorch within atol {parity['atol']:g} ({worst})"
+def _parity_failure(parity: ParityReport) -> str:
+    diffs = parity.diffs()  # as parity.json has them: a non-finite diff reads None
+    worst = ", ".join(f"{name}: max abs diff {diffs[name]}" for name, o in parity.outputs.items() if not o["ok"])
+    return f"ONNX output does not match PyTorch within atol {parity.atol:g} ({worst})"

@@ -10,66 +10,78 @@ student's shape is the profile's, not a shrunk copy of the last student.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from kdcli.errors import BadInput
-from kdcli.runtime.files import atomic_write_json
-from kdcli.profile import Profile
-from kdcli.commands.pseudo_label import pseudo_label
+from kdcli.commands.distill import distill
 from kdcli.commands.init_student import init_student
-from kdcli.train.loop import distill
+from kdcli.commands.pseudo_label import pseudo_label
+from kdcli.errors import BadInput
+from kdcli.profile import Profile
+from kdcli.run import Run
+from kdcli.runtime.files import atomic_write_json
+
+
+@dataclass
+class NoisyStudentResult:
+    output_dir: str
+    rounds: list[dict[str, Any]]  # per round: round, teacher, student, pseudo counts, eval (as distill's)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def noisy_student(profile: Profile, rounds: int, *, resume: bool = False,
-                  on_event: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  on_event: Callable[[str], None] | None = None) -> NoisyStudentResult:
     """Run `rounds` rounds; return every round's metrics."""
     if profile.teacher is None:
         raise BadInput("noisy-student needs a first teacher (`teacher:`)",
                        hint="train one from labels first with a [ce] profile")
     if not profile.data.unlabeled:
         raise BadInput("noisy-student needs data.unlabeled", hint="add data.unlabeled: PATH")
-    state_file = profile.output / "noisy-student.json"
+    run = Run(profile.output)
+    state_file = run.noisy_state
     state = (_read_json(state_file) or {"rounds": []}) if resume else {"rounds": []}
     # A loop stopped inside round 1 has no state file yet, but its round folder is there.
-    if not resume and (state_file.exists() or (profile.output / "round-1").exists()):
+    if not resume and (state_file.exists() or run.round(1).root.exists()):
         raise BadInput(f"{profile.output} holds an earlier noisy-student loop",
                        hint="pass --resume to continue it, or point `output` at a new folder")
     teacher_path = Path(state["rounds"][-1]["student"]) if state["rounds"] else profile.teacher.path
     for r in range(len(state["rounds"]) + 1, rounds + 1):
-        folder = profile.output / f"round-{r}"
-        labels = folder / "pseudo" / "labels.jsonl"
-        round_profile = _round_profile(profile, teacher_path, folder, labels)
-        resuming = (folder / "checkpoints" / "last.pt").is_file()
+        folder = run.round(r)
+        round_profile = _round_profile(profile, teacher_path, folder)
+        resuming = folder.checkpoint.is_file()
         if not resuming:
             _say(on_event, f"round {r}: pseudo-labelling with {teacher_path}")
-            labelled = pseudo_label(round_profile, output=labels)
-            atomic_write_json(folder / "pseudo" / "summary.json", labelled)
-            _say(on_event, f"round {r}: {labelled['kept_samples']} of {labelled['total']} samples kept, "
-                           f"{labelled['kept']} records")
+            labelled = pseudo_label(round_profile, output=folder.pseudo_labels)
+            atomic_write_json(folder.pseudo_summary, labelled.to_json())
+            _say(on_event, f"round {r}: {labelled.kept_samples} of {labelled.total} samples kept, "
+                           f"{labelled.kept} records")
             # timm draws a fresh head/blocks from the global RNG: seeded, a rerun builds the same init.
             torch.manual_seed(profile.train.seed)
-            init_student(_round_profile(profile, profile.teacher.path, folder, labels))
+            init_student(_round_profile(profile, profile.teacher.path, folder))
         _say(on_event, f"round {r}: training the noised student")
         summary = distill(_without_teacher_losses(round_profile), resume=resuming)
-        pseudo = _read_json(folder / "pseudo" / "summary.json") or {}
-        state["rounds"].append({"round": r, "teacher": str(teacher_path), "student": summary["student"],
+        pseudo = _read_json(folder.pseudo_summary) or {}
+        state["rounds"].append({"round": r, "teacher": str(teacher_path), "student": summary.student,
                                 "pseudo": {k: pseudo.get(k) for k in ("total", "kept_samples", "kept")},
-                                "eval": summary["eval"]})
+                                "eval": summary.eval})
         atomic_write_json(state_file, state)
-        teacher_path = Path(summary["student"])
-    return {"output_dir": str(profile.output), **state}
+        teacher_path = Path(summary.student)
+    return NoisyStudentResult(output_dir=str(profile.output), rounds=state["rounds"])
 
 
-def _round_profile(profile: Profile, teacher: Path, folder: Path, labels: Path) -> Profile:
+def _round_profile(profile: Profile, teacher: Path, folder: Run) -> Profile:
     data = profile.model_dump()
     data["teacher"]["path"] = str(teacher)
     data["teacher"]["source"] = profile.teacher.source if teacher == profile.teacher.path else _source_of(teacher)
-    data["student"]["path"] = str(folder / "init")
-    data["data"]["pseudo"] = str(labels)
-    data["output"] = str(folder)
+    data["student"]["path"] = str(folder.init)
+    data["data"]["pseudo"] = str(folder.pseudo_labels)
+    data["output"] = str(folder.root)
     return Profile.model_validate(data)
 
 
@@ -81,7 +93,7 @@ def _without_teacher_losses(profile: Profile) -> Profile:
 
 
 def _source_of(path: Path) -> str:
-    from kdcli.models import detect_source
+    from kdcli.models import detect_source  # torch-heavy: only once a round needs it
     return detect_source(path)
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,43 +22,51 @@ from kdcli.errors import BadInput, DataError
 from kdcli.metrics import collect
 from kdcli.models import load_teacher
 from kdcli.profile import Profile, PseudoSpec
-from kdcli.runtime.distributed import World, join, leave, shard
+from kdcli.run import Run
+from kdcli.runtime.distributed import Session, session, shard
 from kdcli.runtime.files import atomic_write_text
 
 
+@dataclass
+class PseudoLabelResult:
+    output: str
+    total: int
+    kept: int          # records written (class balancing repeats rare classes)
+    kept_samples: int  # distinct inputs among them
+    summary: dict[str, dict[str, int]]  # per class: labelled, kept, dropped, in_output
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def pseudo_label(profile: Profile, input_path: Path | None = None, output: Path | None = None,
-                 on_batch: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Label `data.unlabeled` (or input_path) with the teacher; write labels.jsonl; return a summary."""
+                 on_batch: Callable[[int, int], None] | None = None) -> PseudoLabelResult:
+    """Label `data.unlabeled` (or input_path) with the teacher; write labels.jsonl."""
     if profile.task not in ("sequence-classification", "image-classification"):
         raise BadInput(f"pseudo-label needs a classification task; this profile's task is {profile.task}")
     teacher = load_teacher(profile)
     if teacher is None:
         raise BadInput("pseudo-label needs a teacher: the profile has no `teacher:` section")
     split = load_split(profile, "unlabeled", teacher, labels=False, source=input_path)
-    device = torch.device("cuda" if torch.cuda.is_available() and profile.train.device != "cpu" else "cpu")
-    world = join(device.type)  # under torchrun, each rank labels its share of the batches
-    if world.distributed and device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
-    teacher.to(device).module.eval()
+    out = Path(output) if output else Run(profile.output).pseudo_labels
     spec = profile.pseudo
-    probs = _teacher_probs(teacher, split, profile.train.batch_size, spec.temperature, device, on_batch, world)
-    names = teacher.label_names or [str(i) for i in range(probs.shape[1])]
-    records = [_record(i, split, p, names, spec.topk) for i, p in enumerate(probs)]
-    kept = select(records, spec)
-    out = Path(output) if output else profile.output / "pseudo" / "labels.jsonl"
-    if world.main:
-        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in kept))
-    leave(world)
-    # kept counts records (balancing repeats rare classes); kept_samples counts distinct inputs.
-    return {"output": str(out), "total": len(records), "kept": len(kept),
-            "kept_samples": len({r["id"] for r in kept}), "summary": summarize(records, kept, names)}
+    with session(profile.train.device) as where:  # under torchrun, each rank labels its share of the batches
+        teacher.to(where.device).module.eval()
+        probs = _teacher_probs(teacher, split, profile.train.batch_size, spec.temperature, where, on_batch)
+        names = teacher.label_names or [str(i) for i in range(probs.shape[1])]
+        records = [_record(i, split, p, names, spec.topk) for i, p in enumerate(probs)]
+        kept = select(records, spec)
+        if where.main:
+            atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in kept))
+    return PseudoLabelResult(output=str(out), total=len(records), kept=len(kept),
+                             kept_samples=len({r["id"] for r in kept}), summary=summarize(records, kept, names))
 
 
 @torch.inference_mode()
-def _teacher_probs(teacher: Any, split: Split, batch_size: int, temperature: float, device: torch.device,
-                   on_batch: Callable[[int, int], None] | None, world: World) -> torch.Tensor:
+def _teacher_probs(teacher: Any, split: Split, batch_size: int, temperature: float, where: Session,
+                   on_batch: Callable[[int, int], None] | None) -> torch.Tensor:
     """Softmax(logits / T) for every sample, in the split's order."""
-    total = len(shard(world, split.order(batch_size, shuffle=False)))
+    total = len(shard(where.world, split.order(batch_size, shuffle=False)))
     done = [0]
 
     def probs(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -66,7 +76,7 @@ def _teacher_probs(teacher: Any, split: Split, batch_size: int, temperature: flo
             on_batch(done[0], total)
         return F.softmax(logits / temperature, dim=-1)
     with torch.inference_mode():
-        return collect(probs, split, batch_size, device, world)[0]
+        return collect(probs, split, batch_size, where.device, where.world)[0]
 
 
 def _record(i: int, split: Split, probs: torch.Tensor, names: list[str], topk: int) -> dict[str, Any]:

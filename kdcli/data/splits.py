@@ -8,9 +8,9 @@ run sees the very batches an uninterrupted run would.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -34,12 +34,6 @@ class Split:
     sources: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     pad_token_id: int = 0
-
-    @property
-    def has_labels(self) -> bool:
-        if self.kind == "image":
-            return self.labels is not None
-        return bool(self.features) and all(f.get("label") is not None for f in self.features)
 
     def order(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0) -> list[list[int]]:
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)

@@ -8,9 +8,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdcli.errors import BadInput
-from kdcli.losses.layermap import resolve_map
 from kdcli.losses import functional as KF
 from kdcli.losses.base import DistillLoss, projection
+from kdcli.losses.layermap import resolve_map
+from kdcli.losses.specs import (
+    AttentionMseSpec,
+    AttentionTransferSpec,
+    EmbeddingMseSpec,
+    FitnetSpec,
+    HiddenCosineSpec,
+    HiddenMseSpec,
+)
 from kdcli.models.base import Adapter, Outputs
 
 
@@ -28,7 +36,7 @@ class _Mapped(DistillLoss):
         self.projections = projections
 
     @classmethod
-    def build(cls, spec: Any, student: Adapter, teacher: Adapter | None) -> "DistillLoss":
+    def build(cls, spec: Any, student: Adapter, teacher: Adapter | None) -> DistillLoss:
         if teacher is None:
             raise BadInput(f"loss '{cls.kind}' needs a teacher", hint="add a teacher: section to the profile")
         mapping = resolve_map(getattr(spec, cls.map_field), student.depth, teacher.depth,
@@ -56,12 +64,10 @@ class _Mapped(DistillLoss):
                 "learned_params": sum(p.numel() for p in self.parameters())}
 
 
-class HiddenCosine(_Mapped):
+class HiddenCosine(_Mapped, spec=HiddenCosineSpec):
     """1 − cos(student, teacher) per token, mean over real tokens (DistilBERT).
     YAML: `- {kind: hidden_cosine, weight: 1.0, layers: {3: 6}}` (or uniform / last)"""
 
-    kind = "hidden_cosine"
-    student_needs = teacher_needs = frozenset({"hidden_states"})
     learns_projection = True
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> Tensor:
@@ -70,12 +76,10 @@ class HiddenCosine(_Mapped):
         return sum(terms) / len(terms)
 
 
-class HiddenMse(_Mapped):
+class HiddenMse(_Mapped, spec=HiddenMseSpec):
     """MSE between hidden states, student projected by a learned Linear when widths differ (TinyBERT).
     YAML: `- {kind: hidden_mse, weight: 1.0, layers: uniform}`"""
 
-    kind = "hidden_mse"
-    student_needs = teacher_needs = frozenset({"hidden_states"})
     learns_projection = True
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> Tensor:
@@ -84,25 +88,21 @@ class HiddenMse(_Mapped):
         return sum(terms)
 
 
-class EmbeddingMse(HiddenMse):
+class EmbeddingMse(HiddenMse, spec=EmbeddingMseSpec):
     """MSE between embedding-layer outputs, hidden_states[0] (TinyBERT).
     YAML: `- {kind: embedding_mse, weight: 1.0}`"""
 
-    kind = "embedding_mse"
-
     @classmethod
-    def build(cls, spec: Any, student: Adapter, teacher: Adapter | None) -> "DistillLoss":
+    def build(cls, spec: Any, student: Adapter, teacher: Adapter | None) -> DistillLoss:
         if teacher is None:
             raise BadInput("loss 'embedding_mse' needs a teacher", hint="add a teacher: section to the profile")
         return cls(spec, {0: 0}, nn.ModuleDict({"0": projection(student.width(0), teacher.width(0))}))
 
 
-class AttentionMse(_Mapped):
+class AttentionMse(_Mapped, spec=AttentionMseSpec):
     """MSE between pre-softmax attention scores, masked entries zeroed (TinyBERT).
     YAML: `- {kind: attention_mse, weight: 1.0, layers: uniform}` (layers count from 1)"""
 
-    kind = "attention_mse"
-    student_needs = teacher_needs = frozenset({"attention_scores"})
     allow_zero = False
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> Tensor:
@@ -114,14 +114,12 @@ class AttentionMse(_Mapped):
         return sum(terms)
 
 
-class Fitnet(_Mapped):
+class Fitnet(_Mapped, spec=FitnetSpec):
     """FitNet hint: a learned 1x1-conv regressor maps student features to the teacher's (Romero 2015).
     YAML: `- {kind: fitnet, weight: 1.0, stages: {3: 4}}` (timm stages count from 0)"""
 
-    kind = "fitnet"
     map_field = "stages"
     zero_based = True
-    student_needs = teacher_needs = frozenset({"features"})
     learns_projection = True
 
     @staticmethod
@@ -138,14 +136,12 @@ class Fitnet(_Mapped):
         return sum(terms)
 
 
-class AttentionTransfer(_Mapped):
+class AttentionTransfer(_Mapped, spec=AttentionTransferSpec):
     """Attention transfer on spatial attention maps (Zagoruyko & Komodakis 2017).
     YAML: `- {kind: attention_transfer, weight: 1000, stages: uniform, p: 2}`"""
 
-    kind = "attention_transfer"
     map_field = "stages"
     zero_based = True
-    student_needs = teacher_needs = frozenset({"features"})
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> Tensor:
         terms = [KF.attention_transfer(s, t, p=self.spec.p)

@@ -8,6 +8,7 @@ from torch import Tensor
 from kdcli.errors import BadInput
 from kdcli.losses import functional as KF
 from kdcli.losses.base import DistillLoss
+from kdcli.losses.specs import CeSpec, DkdSpec, HintonSpec, MlmSpec
 from kdcli.models.base import Outputs
 
 
@@ -18,12 +19,8 @@ def _labels(batch: dict[str, Tensor], kind: str) -> Tensor:
     return batch["labels"]
 
 
-class CrossEntropy(DistillLoss):
+class CrossEntropy(DistillLoss, spec=CeSpec):
     """Hard-label cross entropy (ignore_index -100). YAML: `- {kind: ce, weight: 0.1}`"""
-
-    kind = "ce"
-    student_needs = frozenset({"logits"})
-    uses_labels = True
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> Tensor:
         logits = student.logits
@@ -31,37 +28,27 @@ class CrossEntropy(DistillLoss):
                                ignore_index=-100, label_smoothing=self.spec.label_smoothing)
 
 
-class Hinton(DistillLoss):
+class Hinton(DistillLoss, spec=HintonSpec):
     """KL(softmax(t/T) || softmax(s/T)) · T² (Hinton et al. 2015).
     YAML: `- {kind: hinton, weight: 0.9, temperature: 4.0}`"""
-
-    kind = "hinton"
-    student_needs = teacher_needs = frozenset({"logits"})
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> Tensor:
         mask = batch.get("attention_mask") if student.logits.dim() == 3 else None
         return KF.hinton_kd(student.logits, teacher.logits, self.spec.temperature, mask=mask)
 
 
-class Dkd(DistillLoss):
+class Dkd(DistillLoss, spec=DkdSpec):
     """Decoupled KD: α·TCKD + β·NCKD (Zhao et al. 2022).
     YAML: `- {kind: dkd, alpha: 1.0, beta: 8.0, temperature: 4.0}`"""
-
-    kind = "dkd"
-    student_needs = teacher_needs = frozenset({"logits"})
-    uses_labels = True
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> Tensor:
         s = self.spec
         return KF.dkd(student.logits, teacher.logits, _labels(batch, self.kind), s.alpha, s.beta, s.temperature)
 
 
-class MaskedLM(DistillLoss):
+class MaskedLM(DistillLoss, spec=MlmSpec):
     """Masked-LM cross entropy on the masked positions (DistilBERT's L_mlm); the loop masks the
     input (15%, 80/10/10) for teacher and student alike. YAML: `- {kind: mlm, weight: 2.0}`"""
-
-    kind = "mlm"
-    student_needs = frozenset({"logits"})
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> Tensor:
         logits, labels = student.logits, batch["mlm_labels"]

@@ -24,7 +24,7 @@ class Outputs:
     embedding: Tensor | None = None                 # pooled vector [B, D]
     attention_mask: Tensor | None = None
 
-    def detach(self) -> "Outputs":
+    def detach(self) -> Outputs:
         def d(x: Any) -> Any:
             if isinstance(x, Tensor):
                 return x.detach()
@@ -71,7 +71,7 @@ class Adapter(ABC):
         """A small valid input batch, for checks and export."""
 
     @abstractmethod
-    def exportable(self) -> "Exportable":
+    def exportable(self) -> Exportable:
         """The bare model as ONNX wants it: named tensor inputs in, named tensor outputs out."""
 
     @property
@@ -85,7 +85,7 @@ class Adapter(ABC):
     def param_count(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 
-    def to(self, device: torch.device | str) -> "Adapter":
+    def to(self, device: torch.device | str) -> Adapter:
         self.module.to(device)
         return self
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -23,8 +21,8 @@ from transformers import (
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from kdcli.errors import CheckpointError
-from kdcli.runtime.files import atomic_path
 from kdcli.models.base import Adapter, Exportable, Outputs, mean_pool
+from kdcli.runtime.files import atomic_path
 
 AUTO_CLASSES = {
     "sequence-classification": AutoModelForSequenceClassification,
@@ -72,7 +70,7 @@ def record_attention_scores() -> Iterator[list[Tensor]]:
 class HFAdapter(Adapter):
     family = "transformers"
 
-    def __init__(self, model: PreTrainedModel, tokenizer: object | None, task: str, path: Path | None = None):
+    def __init__(self, model: PreTrainedModel, tokenizer: object | None, task: str, path: Path | None = None) -> None:
         self.module = model
         self.tokenizer = tokenizer
         self.task = task
@@ -249,17 +247,6 @@ def _load_tokenizer(path: Path) -> object | None:
         raise CheckpointError(f"{path}: cannot load the tokenizer: {_first_line(exc)}") from None
 
 
-def copy_tokenizer_files(source: Path, target: Path) -> None:
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
-                 "special_tokens_map.json"):
-        if (source / name).is_file():
-            shutil.copy2(source / name, target / name)
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
-
-
-def read_config(path: Path) -> dict:
-    return json.loads((Path(path) / "config.json").read_text())

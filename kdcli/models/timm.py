@@ -13,15 +13,15 @@ from timm.models import save_for_hf
 from torch import Tensor, nn
 
 from kdcli.errors import CheckpointError
-from kdcli.runtime.files import atomic_path
 from kdcli.models.base import Adapter, Exportable, Outputs
+from kdcli.runtime.files import atomic_path
 
 
 class TimmAdapter(Adapter):
     family = "timm"
 
     def __init__(self, model: nn.Module, arch: str, model_args: dict[str, Any], path: Path | None = None,
-                 class_names: list[str] | None = None):
+                 class_names: list[str] | None = None) -> None:
         self.module = model
         self.arch = arch
         self.model_args = model_args

@@ -1,1 +1,1 @@
-"""ONNX: export, parity in onnxruntime, int8 quantization, latency and its report."""
+"""ONNX: export (torch -> ONNX), parity (onnxruntime vs PyTorch), quantize (int8), latency, report (report.md, plot)."""

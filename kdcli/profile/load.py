@@ -108,7 +108,8 @@ def _resolve_paths(profile: Profile, base: Path, source: Path) -> Profile:
 
 
 def _is_scheme(value: str) -> bool:
-    return ":" in value and not Path(value).anchor and value.split(":", 1)[0].isalpha() and len(value.split(":", 1)[0]) > 1
+    scheme = value.split(":", 1)[0]
+    return ":" in value and not Path(value).anchor and scheme.isalpha() and len(scheme) > 1
 
 
 def profile_json(profile: Profile) -> dict:

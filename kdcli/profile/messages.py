@@ -9,7 +9,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from kdcli.profile.schema import LOSS_KINDS, LossSpec, Profile
+from kdcli.losses.specs import LOSS_SPECS
+from kdcli.profile.schema import LOSS_KINDS, Profile
 
 
 def describe_errors(exc: ValidationError, path: Path, root: yaml.Node | None, raw: Any = None) -> str:
@@ -84,19 +85,12 @@ def _allowed_keys(loc: tuple) -> list[str]:
     for part in loc:
         if isinstance(part, int) or model is None:
             continue
-        if isinstance(part, str) and part in LOSS_KINDS:
-            model = _loss_model(part)
+        if isinstance(part, str) and part in LOSS_SPECS:
+            model = LOSS_SPECS[part]
             continue
         field = getattr(model, "model_fields", {}).get(part)
         model = _model_in(field.annotation) if field else None
     return sorted(k for k in (getattr(model, "model_fields", {}) if model else []) if k != "source_file")
-
-
-def _loss_model(kind: str) -> type[BaseModel] | None:
-    for model in LossSpec.__origin__.__args__:  # type: ignore[attr-defined]
-        if model.model_fields["kind"].annotation.__args__[0] == kind:
-            return model
-    return None
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    field_validator,
-)
+from pydantic import BeforeValidator, Field, field_validator
 
-LayerMap = Union[dict[int, int], Literal["uniform", "last"]]
+from kdcli.losses.specs import LOSS_SPECS, CeSpec, LossSpecBase, Strict
+
 COUNT_MAX = 2**31 - 1  # counts beyond this overflow the C ints they reach (torch, tokenizers)
 CLASSES_MAX = 1_000_000
-
-
-class Strict(BaseModel):
-    # allow_inf_nan=False: `.inf` or `nan` would pass an unbounded `ge=0` and surface as a NaN loss at step 1.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _path_text(value: Any) -> Any:
@@ -66,84 +56,14 @@ class StudentSpec(Strict):
     init: StudentInit = StudentInit()
 
 
-# --- losses -----------------------------------------------------------------------------------
+# --- losses: each kind declares itself in kdcli/losses/specs.py -------------------------------
 
 
-class LossBase(Strict):
-    weight: float = Field(1.0, ge=0.0, le=1e6)
-
-
-class CeLoss(LossBase):
-    kind: Literal["ce"]
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-
-
-class HintonLoss(LossBase):
-    kind: Literal["hinton"]
-    temperature: float = Field(4.0, gt=0.0, le=100.0)
-
-
-class DkdLoss(LossBase):
-    kind: Literal["dkd"]
-    alpha: float = Field(1.0, ge=0.0, le=1e6)
-    beta: float = Field(8.0, ge=0.0, le=1e6)
-    temperature: float = Field(4.0, gt=0.0, le=100.0)
-
-
-class HiddenCosineLoss(LossBase):
-    kind: Literal["hidden_cosine"]
-    layers: LayerMap = "last"
-
-
-class HiddenMseLoss(LossBase):
-    kind: Literal["hidden_mse"]
-    layers: LayerMap = "uniform"
-
-
-class EmbeddingMseLoss(LossBase):
-    kind: Literal["embedding_mse"]
-
-
-class AttentionMseLoss(LossBase):
-    kind: Literal["attention_mse"]
-    layers: LayerMap = "uniform"
-
-
-class FitnetLoss(LossBase):
-    kind: Literal["fitnet"]
-    stages: LayerMap = "last"
-
-
-class AttentionTransferLoss(LossBase):
-    kind: Literal["attention_transfer"]
-    stages: LayerMap = "uniform"
-    p: float = Field(2.0, gt=0.0, le=8.0)
-
-
-class RkdLoss(LossBase):
-    kind: Literal["rkd"]
-    distance_weight: float = Field(25.0, ge=0.0, le=1e6)
-    angle_weight: float = Field(50.0, ge=0.0, le=1e6)
-
-
-class SimilarityLoss(LossBase):
-    kind: Literal["similarity"]
-
-
-class MlmLoss(LossBase):
-    kind: Literal["mlm"]
-    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
-
-
-LossSpec = Annotated[
-    Union[
-        CeLoss, HintonLoss, DkdLoss, HiddenCosineLoss, HiddenMseLoss, EmbeddingMseLoss, AttentionMseLoss,
-        FitnetLoss, AttentionTransferLoss, RkdLoss, SimilarityLoss, MlmLoss,
-    ],
-    Field(discriminator="kind"),
-]
-LOSS_KINDS = ["ce", "hinton", "dkd", "hidden_cosine", "hidden_mse", "embedding_mse", "attention_mse",
-              "fitnet", "attention_transfer", "rkd", "similarity", "mlm"]
+if TYPE_CHECKING:
+    LossSpec = LossSpecBase
+else:
+    LossSpec = Annotated[Union[tuple(LOSS_SPECS.values())], Field(discriminator="kind")]
+LOSS_KINDS = list(LOSS_SPECS)
 
 
 class StageSpec(Strict):
@@ -196,7 +116,8 @@ class TrainSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
     seed: int = Field(0, ge=0, le=2**32 - 1)
-    eval_every: int | None = Field(None, ge=1, le=COUNT_MAX, description="steps between evaluations; default: every epoch")
+    eval_every: int | None = Field(None, ge=1, le=COUNT_MAX,
+                                   description="steps between evaluations; default: every epoch")
     log_every: int = Field(10, ge=1, le=COUNT_MAX)
     checkpoint_every: int | None = Field(None, ge=1, le=COUNT_MAX,
                                          description="steps between checkpoints; default: eval time")
@@ -251,9 +172,10 @@ class Profile(Strict):
         """The training stages in order; a plain `losses:` list is one stage."""
         if self.distill.stages:
             return self.distill.stages
-        return [StageSpec(name="distill", losses=self.distill.losses or [CeLoss(kind="ce")])]
+        return [StageSpec(name="distill", losses=self.distill.losses or [CeSpec(kind="ce")])]
 
     def needs_teacher(self) -> bool:
-        return any(loss.kind not in ("ce", "mlm") for loss in self.loss_specs())
+        """Whether some loss reads the teacher's outputs."""
+        return any(loss.teacher_needs for loss in self.loss_specs())
 
 

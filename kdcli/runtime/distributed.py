@@ -9,6 +9,8 @@ every step's batches, and lets rank 0 alone write files.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +30,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def place(world: "World", device: torch.device) -> torch.device:
+def place(world: World, device: torch.device) -> torch.device:
     """Under torchrun on CUDA, each rank owns the GPU of its local rank."""
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
@@ -80,6 +82,30 @@ def mean_terms(world: World, terms: dict[str, float]) -> dict[str, float]:
 def leave(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class Session:
+    """Where a command runs: its device and its place among torchrun's processes."""
+
+    device: torch.device
+    world: World
+
+    @property
+    def main(self) -> bool:
+        return self.world.main
+
+
+@contextmanager
+def session(device_name: str) -> Iterator[Session]:
+    """distill, evaluate and pseudo-label all run here: the profile's device (CUDA when present and asked
+    for, refused when asked for and absent), one GPU per rank under torchrun, the process group left at the end."""
+    device = pick_device(device_name)
+    world = join(device.type)
+    try:
+        yield Session(place(world, device), world)
+    finally:
+        leave(world)
 
 
 def shard(world: World, items: list) -> list:

@@ -9,6 +9,7 @@ same target. A full disk or quota becomes one KdcliError that names the file (ex
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -135,10 +136,8 @@ def _remove_stale(path: Path) -> None:
         if rest.startswith("old-") and not path.exists():
             os.replace(sibling, path)  # died between the two renames: the old folder is the good one
             continue
-        try:
+        with contextlib.suppress(OSError):
             _remove(sibling)
-        except OSError:
-            pass
 
 
 def _alive(pid: int) -> bool:

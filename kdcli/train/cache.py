@@ -17,16 +17,13 @@ from torch import Tensor, nn
 
 from kdcli.data.splits import Split, to_device
 from kdcli.errors import BadInput
-from kdcli.runtime.files import atomic_path
 from kdcli.models import Adapter, Outputs
-
-# Loss kinds whose teacher side depends on padding or on masked inputs, for text.
-_PADDING_BOUND = {"hidden_mse", "embedding_mse", "attention_mse", "mlm"}
+from kdcli.runtime.files import atomic_path
 
 
 def refuse_uncacheable(losses: nn.ModuleList, split: Split) -> None:
-    kinds = {loss.kind for loss in losses}
-    bound = sorted(kinds & _PADDING_BOUND) if split.kind == "text" else sorted(kinds & {"mlm"})
+    """Refuse the losses whose kind declares that the cache cannot serve it on this split's data."""
+    bound = sorted({loss.kind for loss in losses if not loss.Spec.cacheable_on(split.kind)})
     if bound:
         raise BadInput(f"train.cache_teacher cannot serve {', '.join(bound)}: the teacher's side of these losses "
                        "changes with each batch's padding or random masking",
@@ -41,7 +38,7 @@ class TeacherCache:
 
     @classmethod
     def load_or_build(cls, teacher: Adapter, split: Split, needs: frozenset[str], losses: nn.ModuleList,
-                      batch_size: int, device: torch.device, path: Path) -> "TeacherCache":
+                      batch_size: int, device: torch.device, path: Path) -> TeacherCache:
         if path.is_file():  # a resumed run: the teacher and data are those of the lock file
             return cls(torch.load(path, mmap=True, weights_only=True))
         refuse_uncacheable(losses, split)

@@ -7,19 +7,22 @@ DistributedDataParallel can wrap exactly what trains.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from kdcli.data.noise import add_noise
 from kdcli.data.splits import Split, to_device
-from kdcli.train.cache import TeacherCache
 from kdcli.errors import TrainingDiverged
 from kdcli.losses.functional import mask_tokens, soft_cross_entropy
 from kdcli.models import Adapter, Outputs
-from kdcli.data.noise import add_noise
-from kdcli.profile import Profile
+from kdcli.profile import Profile, TrainSpec
+from kdcli.train.cache import TeacherCache
+from kdcli.train.state import TrainState
 
 
 class StudentStep(nn.Module):
@@ -89,31 +92,44 @@ def teacher_outputs(teacher: Adapter | None, needs: frozenset[str], cache: Teach
         return teacher.forward(batch, needs)
 
 
-def optimizer_step(step_module: nn.Module, chunk: list[list[int]], step: int, split: Split, teacher: Adapter | None,
-                   t_needs: frozenset[str], cache: TeacherCache | None, mask_probability: float | None,
-                   reader: Adapter, cfg: Any, optimizer: Any, scheduler: Any, scaler: Any, params: list[Tensor],
-                   autocast: Callable, device: torch.device) -> dict[str, float]:
+@dataclass(frozen=True)
+class Feed:
+    """Where a step's batches and teacher outputs come from."""
+
+    split: Split
+    teacher: Adapter | None
+    teacher_needs: frozenset[str]
+    cache: TeacherCache | None
+    reader: Adapter
+    mask_probability: float | None  # MLM masking, the same for teacher and student
+    autocast: Callable
+    device: torch.device
+
+
+def optimizer_step(step_module: nn.Module, chunk: list[list[int]], state: TrainState, feed: Feed,
+                   cfg: TrainSpec) -> dict[str, float]:
     """Accumulate gradients over the chunk's micro-batches, clip, step. Returns the mean loss terms."""
     terms: dict[str, Tensor] = {}
     for j, indices in enumerate(chunk):
-        batch = to_device(split.collate(indices), device)
-        if mask_probability is not None:
-            batch = mlm_mask(batch, reader, mask_probability, cfg.seed, step * cfg.grad_accum + j)
+        micro = state.step * cfg.grad_accum + j
+        batch = to_device(feed.split.collate(indices), feed.device)
+        if feed.mask_probability is not None:
+            batch = mlm_mask(batch, feed.reader, feed.mask_probability, cfg.seed, micro)
         # Under DDP, only the last micro-batch all-reduces its gradients.
         sync = nullcontext() if j == len(chunk) - 1 or not hasattr(step_module, "no_sync") else step_module.no_sync()
-        with sync, autocast():
-            t_out = teacher_outputs(teacher, t_needs, cache, batch)
-            loss, parts = step_module(batch, t_out, step * cfg.grad_accum + j)
-            scaler.scale(loss / len(chunk)).backward()
+        with sync, feed.autocast():
+            t_out = teacher_outputs(feed.teacher, feed.teacher_needs, feed.cache, batch)
+            loss, parts = step_module(batch, t_out, micro)
+            state.scaler.scale(loss / len(chunk)).backward()
         for name, value in parts.items():
             terms[name] = terms[name] + value / len(chunk) if name in terms else value / len(chunk)
     if cfg.max_grad_norm:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
+        state.scaler.unscale_(state.optimizer)
+        nn.utils.clip_grad_norm_(state.params(), cfg.max_grad_norm)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scheduler.step()
     names = list(terms)
     return dict(zip(names, torch.stack([terms[n].float() for n in names]).tolist()))  # one sync per step
 

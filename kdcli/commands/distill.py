@@ -1,0 +1,151 @@
+"""distill: train the student against the frozen teacher, stage by stage, into the run folder."""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import yaml
+
+import kdcli
+from kdcli.data import check_train_labels
+from kdcli.data.pseudo import pseudo_split
+from kdcli.data.splits import train_and_eval
+from kdcli.errors import BadInput
+from kdcli.metrics import collect, outputs_of
+from kdcli.models import load_student, load_teacher
+from kdcli.profile import Profile, profile_json
+from kdcli.run import Run
+from kdcli.runtime.distributed import Session, barrier, session
+from kdcli.runtime.files import append_jsonl, atomic_write_text
+from kdcli.runtime.lock import run_lock
+from kdcli.train.checkpoint import load_checkpoint, save_checkpoint
+from kdcli.train.loop import Job, OnStep, new_state, steps_of, train_stage
+from kdcli.train.schedule import seed_everything
+from kdcli.train.state import stage_done
+
+
+@dataclass
+class DistillResult:
+    output_dir: str
+    student: str
+    best: str | None
+    best_score: float | None
+    device: str
+    world_size: int
+    eval: dict[str, Any] = field(default_factory=dict)  # the final student's PairMetrics, as in eval.json
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def distill(profile: Profile, *, resume: bool = False, on_step: OnStep | None = None) -> DistillResult:
+    """Train the student the profile names; writes the run folder as it goes."""
+    # One run per output folder: a second distill there refuses (exit 2) instead of overwriting this one.
+    # Rank 0 alone holds the lock under torchrun: the other ranks write nothing.
+    with session(profile.train.device) as where, run_lock(profile.output) if where.main else nullcontext():
+        return _distill(profile, where, resume, on_step)
+
+
+def _distill(profile: Profile, where: Session, resume: bool, on_step: OnStep | None) -> DistillResult:
+    job = _prepare(profile, where)
+    resumed = _open_run(job, resume)
+    best = resumed["best"] if resumed else None
+    for index, stage in enumerate(profile.stages()):
+        if resumed and index < resumed["stage"]:
+            continue
+        steps_per_epoch, total_steps = steps_of(job, stage)
+        state = new_state(job, index, stage, total_steps, best)
+        if resumed and index == resumed["stage"]:
+            state.load_state_dict(resumed)
+            if where.world.distributed:  # ranks draw different dropout masks, as in an uninterrupted run
+                torch.manual_seed(profile.train.seed + where.world.rank * 1_000_003 + state.step)
+        train_stage(job, state, stage, steps_per_epoch, total_steps, on_step)
+        best = state.best
+        if where.main:
+            save_checkpoint(job.run.checkpoint, stage_done(job.student, index + 1, best))
+    if resumed and resumed["stage"] >= len(profile.stages()):  # a finished run: its weights, as they were
+        job.student.module.load_state_dict(resumed["student"])
+    return _finish(job, best)
+
+
+def _prepare(profile: Profile, where: Session) -> Job:
+    """Models on the device, the data read through the teacher's tokenizer and labels."""
+    cfg, device = profile.train, where.device
+    seed_everything(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    teacher = load_teacher(profile) if profile.needs_teacher() else None
+    student = load_student(profile).to(device)
+    if teacher is not None:
+        teacher.to(device).module.requires_grad_(False)
+        teacher.module.eval()  # frozen: no dropout, no grads, ever
+    if cfg.compile:
+        student.module.compile()  # in place: parameter names (and so checkpoints) stay as they are
+    reader = teacher or student
+    train, evalset = train_and_eval(profile, reader)
+    label_loss = next((s.kind for s in profile.loss_specs() if s.uses_labels), None)
+    check_train_labels(train, str(profile.data.train), num_classes=reader.num_labels, needed_by=label_loss,
+                       label_column=profile.data.label_column)
+    pseudo = pseudo_split(profile, reader) if profile.data.pseudo else None
+    teacher_eval = None
+    if where.main and teacher is not None and evalset is not None:  # the teacher never changes: once
+        teacher_eval = collect(outputs_of(teacher, profile.task), evalset, cfg.batch_size, device)[0]
+    return Job(profile, Run(profile.output), where, student, teacher, reader, train, evalset, pseudo, teacher_eval)
+
+
+def _finish(job: Job, best: float | None) -> DistillResult:
+    """Rank 0 saves the student and evaluates it once more."""
+    run = job.run
+    job.student.module.eval()
+    result = DistillResult(output_dir=str(run.root), student=str(run.student),
+                           best=str(run.best) if best is not None else None, best_score=best,
+                           device=str(job.session.device), world_size=job.session.world.size)
+    if job.session.main:
+        job.student.save(run.student)
+        result.eval = job.evaluate().to_json() if job.evalset is not None else {}
+        append_jsonl(run.metrics, {"final": True, "eval": result.eval})
+    barrier(job.session.world)
+    return result
+
+
+def _open_run(job: Job, resume: bool) -> dict[str, Any] | None:
+    """Fresh (the lock file written, old metrics gone), or resumed from the last checkpoint.
+    Every rank checks; rank 0 writes."""
+    run, main = job.run, job.session.main
+    if resume:
+        state = load_checkpoint(run.checkpoint)
+        if main:
+            _forget_metrics_after(run, [stage.name for stage in job.profile.stages()], state)
+        barrier(job.session.world)
+        return state
+    if run.checkpoint.is_file():
+        raise BadInput(f"{run.root} holds an earlier run (checkpoints/last.pt)",
+                       hint="pass --resume to continue it, or point `output` at a new folder")
+    if main:
+        run.root.mkdir(parents=True, exist_ok=True)
+        lock = {"profile": profile_json(job.profile),
+                "versions": {"kdcli": kdcli.__version__, "torch": str(torch.__version__)}}
+        atomic_write_text(run.lock_file, yaml.safe_dump(lock, sort_keys=False))
+        run.metrics.unlink(missing_ok=True)
+    barrier(job.session.world)
+    return None
+
+
+def _forget_metrics_after(run: Run, stages: list[str], state: dict[str, Any]) -> None:
+    """Drop the records a killed run logged after its last checkpoint: the resumed run logs them again."""
+    if not run.metrics.is_file():
+        return
+    kept = []
+    for line in run.metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        stage = stages.index(record["stage"]) if record.get("stage") in stages else None
+        if stage is not None and (stage, record.get("step", 0)) <= (state["stage"], state["step"]):
+            kept.append(line)
+    atomic_write_text(run.metrics, "".join(line + "\n" for line in kept))
