@@ -9,7 +9,8 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Run:
     """OUTPUT/: profile.lock.yaml, student/, student-best/, checkpoints/, metrics.jsonl, eval.json,
-    export/, pseudo/labels.jsonl, cache/, and round-R/ (a Run of its own) for noisy-student."""
+    export/, pseudo/labels.jsonl, cache/ (teacher and transfer outputs), and round-R/ (a Run of its own)
+    for noisy-student."""
 
     root: Path
 
@@ -55,6 +56,9 @@ class Run:
 
     def teacher_cache(self, stage: int) -> Path:
         return self.root / "cache" / f"teacher-{stage}.pt"
+
+    def transfer_cache(self, stage: int) -> Path:
+        return self.root / "cache" / f"transfer-{stage}.pt"
 
     def round(self, r: int) -> Run:
         return Run(self.root / f"round-{r}")

@@ -13,7 +13,7 @@ import yaml
 import kdcli
 from kdcli.data import check_train_labels
 from kdcli.data.pseudo import pseudo_split
-from kdcli.data.splits import train_and_eval
+from kdcli.data.splits import train_and_eval, transfer_split
 from kdcli.errors import BadInput
 from kdcli.metrics import collect, outputs_of
 from kdcli.models import load_student, load_teacher
@@ -88,13 +88,17 @@ def _prepare(profile: Profile, where: Session) -> Job:
     reader = teacher or student
     train, evalset = train_and_eval(profile, reader)
     label_loss = next((s.kind for s in profile.loss_specs() if s.uses_labels), None)
-    check_train_labels(train, str(profile.data.train), num_classes=reader.num_labels, needed_by=label_loss,
-                       label_column=profile.data.label_column)
+    check_train_labels(train, str(profile.data.train or profile.data.transfer), num_classes=reader.num_labels,
+                       needed_by=label_loss, label_column=profile.data.label_column)
+    if profile.data.transfer and teacher is None:
+        raise BadInput("data.transfer: no loss reads the teacher, so the student has nothing to learn there",
+                       hint="add a teacher loss (hinton, hidden_mse, ...), or drop data.transfer")
     pseudo = pseudo_split(profile, reader) if profile.data.pseudo else None
     teacher_eval = None
     if where.main and teacher is not None and evalset is not None:  # the teacher never changes: once
         teacher_eval = collect(outputs_of(teacher, profile.task), evalset, cfg.batch_size, device)[0]
-    return Job(profile, Run(profile.output), where, student, teacher, reader, train, evalset, pseudo, teacher_eval)
+    return Job(profile, Run(profile.output), where, student, teacher, reader, train, evalset, pseudo, teacher_eval,
+               transfer_split(profile, reader))
 
 
 def _finish(job: Job, best: float | None) -> DistillResult:

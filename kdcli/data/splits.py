@@ -60,7 +60,7 @@ class Split:
 
 def load_split(profile: Profile, which: str, model: Adapter, *, labels: bool = True,
                source: str | Path | None = None) -> Split:
-    """The `which` split (train, eval, unlabeled) of the profile, prepared for `model`."""
+    """The `which` split (train, eval, unlabeled, transfer) of the profile, prepared for `model`."""
     source = source or getattr(profile.data, which)
     if source is None:
         raise DataError(f"data.{which} is not set in the profile", hint=f"add data.{which}: PATH")
@@ -99,14 +99,23 @@ def _image_split(profile: Profile, source: str, model: Adapter, labels: bool) ->
 
 
 def train_and_eval(profile: Profile, model: Adapter) -> tuple[Split, Split | None]:
-    """The training split, and the eval split (or a held-out share of train when eval is unset)."""
-    train = load_split(profile, "train", model)
+    """The training split, and the eval split (or a held-out share of train when eval is unset).
+    Without data.train, the transfer set alone trains (labels dropped): a run that needs no labels."""
+    d = profile.data
+    train = load_split(profile, "transfer", model, labels=False) if d.transfer and not d.train \
+        else load_split(profile, "train", model)
     if profile.data.eval:
         return train, load_split(profile, "eval", model)
     if profile.data.eval_fraction > 0:
         keep, held = data.split_indices(train.size, profile.data.eval_fraction, profile.train.seed)
         return subset(train, keep), subset(train, held)
     return train, None
+
+
+def transfer_split(profile: Profile, model: Adapter) -> Split | None:
+    """data.transfer beside labelled data, labels dropped; None when it is unset or is the training split."""
+    d = profile.data
+    return load_split(profile, "transfer", model, labels=False) if d.transfer and d.train else None
 
 
 def subset(split: Split, indices: list[int]) -> Split:

@@ -78,12 +78,13 @@ class HiddenCosine(_Mapped, spec=HiddenCosineSpec):
 
 class HiddenMse(_Mapped, spec=HiddenMseSpec):
     """MSE between hidden states, student projected by a learned Linear when widths differ (TinyBERT).
-    YAML: `- {kind: hidden_mse, weight: 1.0, layers: uniform}`"""
+    YAML: `- {kind: hidden_mse, weight: 1.0, layers: uniform}`; `mask: true` averages over real tokens only."""
 
     learns_projection = True
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> Tensor:
-        terms = [KF.hidden_mse(self.project(i, s), t)
+        mask = student.attention_mask if getattr(self.spec, "mask", False) else None
+        terms = [KF.hidden_mse(self.project(i, s), t, mask)
                  for i, s, t in self.pairs(student.hidden_states, teacher.hidden_states)]
         return sum(terms)
 

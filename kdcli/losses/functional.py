@@ -116,10 +116,20 @@ def cosine_embedding(s_h: Tensor, t_h: Tensor, mask: Tensor | None = None) -> Te
     return (1.0 - F.cosine_similarity(s, t, dim=-1)).mean()
 
 
-def hidden_mse(s_h: Tensor, t_h: Tensor) -> Tensor:
+def hidden_mse(s_h: Tensor, t_h: Tensor, mask: Tensor | None = None) -> Tensor:
     """TinyBERT hidden-state / embedding loss (Jiao et al. 2020): MSE, mean over all elements.
-    The learned projection W_h is applied by the caller. Reference: TinyBERT task_distill.py (rep_loss)."""
-    return F.mse_loss(s_h, t_h)
+    The learned projection W_h is applied by the caller. Reference: TinyBERT task_distill.py (rep_loss).
+
+    With `mask` ([B, L], bool or 0/1) only the real tokens' elements count: the mean is over
+    (real tokens × width), so padding neither adds error nor dilutes it. No selected token gives 0."""
+    if mask is None:
+        return F.mse_loss(s_h, t_h)
+    if s_h.shape != t_h.shape:
+        raise ValueError(f"student hidden {tuple(s_h.shape)} != teacher hidden {tuple(t_h.shape)}")
+    s, t = _rows(s_h, mask), _rows(t_h, mask)
+    if s.shape[0] == 0:
+        return _zero(s_h, t_h)
+    return F.mse_loss(s, t)
 
 
 def attention_mse(s_scores: Tensor, t_scores: Tensor) -> Tensor:

@@ -23,8 +23,10 @@ class CrossEntropy(DistillLoss, spec=CeSpec):
     """Hard-label cross entropy (ignore_index -100). YAML: `- {kind: ce, weight: 0.1}`"""
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> Tensor:
-        logits = student.logits
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), _labels(batch, self.kind).reshape(-1),
+        logits, labels = student.logits, _labels(batch, self.kind)
+        if labels.is_floating_point():  # mixup/cutmix (train.augment): mixed soft targets [B, C]
+            return F.cross_entropy(logits, labels, label_smoothing=self.spec.label_smoothing)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                ignore_index=-100, label_smoothing=self.spec.label_smoothing)
 
 

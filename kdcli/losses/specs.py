@@ -50,6 +50,10 @@ class LossSpecBase(Strict):
         """Whether the teacher cache can serve this kind on `text` or `image` data."""
         return cls.cacheable == "always" or (cls.cacheable == "images-only" and data != "text")
 
+    def cache_serves(self, data: str) -> bool:
+        """Whether the cache can serve this configured loss: a field (hidden_mse's `mask`) may allow more."""
+        return self.cacheable_on(data)
+
 
 def kind_of(spec: type[LossSpecBase]) -> str:
     """The `kind:` value that selects this spec."""
@@ -98,13 +102,18 @@ class HiddenCosineSpec(LossSpecBase):
 
 
 class HiddenMseSpec(LossSpecBase):
-    """Hidden states, padding included."""
+    """Hidden states, padding included (TinyBERT); `mask: true` counts real tokens only."""
 
     kind: Literal["hidden_mse"]
     student_needs = teacher_needs = frozenset({"hidden_states"})
     cacheable = "images-only"
 
     layers: LayerMap = "uniform"
+    mask: bool = False
+
+    def cache_serves(self, data: str) -> bool:
+        # Without padding in the mean, a token's term no longer depends on how its batch was padded.
+        return self.mask or super().cache_serves(data)
 
 
 class EmbeddingMseSpec(LossSpecBase):

@@ -4,6 +4,7 @@ from kdcli.profile.load import apply_override, load_profile, profile_json
 from kdcli.profile.messages import printable
 from kdcli.profile.schema import (
                                   LOSS_KINDS,
+                                  AugmentSpec,
                                   CeSpec,
                                   DataSpec,
                                   DistillSpec,
@@ -19,6 +20,6 @@ from kdcli.profile.schema import (
                                   TrainSpec,
 )
 
-__all__ = ["LOSS_KINDS", "CeSpec", "DataSpec", "DistillSpec", "ExportSpec", "LossSpec", "NoiseSpec", "Profile",
-           "PseudoSpec", "StageSpec", "StudentInit", "StudentSpec", "TeacherSpec", "TrainSpec", "printable",
+__all__ = ["LOSS_KINDS", "AugmentSpec", "CeSpec", "DataSpec", "DistillSpec", "ExportSpec", "LossSpec", "NoiseSpec",
+           "Profile", "PseudoSpec", "StageSpec", "StudentInit", "StudentSpec", "TeacherSpec", "TrainSpec", "printable",
            "apply_override", "load_profile", "profile_json"]

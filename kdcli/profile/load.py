@@ -18,7 +18,7 @@ from kdcli.profile.parse import parse_yaml, read_text_file
 from kdcli.profile.schema import Profile
 
 PATH_FIELDS = [("teacher", "path"), ("student", "path"), ("output",), ("data", "train"), ("data", "eval"),
-               ("data", "unlabeled"), ("data", "pseudo")]
+               ("data", "unlabeled"), ("data", "pseudo"), ("data", "transfer")]
 
 
 def load_profile(path: str | Path, overrides: list[str] | None = None) -> Profile:

@@ -86,6 +86,8 @@ class DataSpec(Strict):
     eval: DataPath | None = None
     unlabeled: DataPath | None = None
     pseudo: DataPath | None = None
+    transfer: DataPath | None = Field(None, description="unlabeled inputs the student learns the teacher's outputs on")
+    transfer_ratio: float = Field(1.0, gt=0.0, le=100.0, description="transfer samples per labelled one in a batch")
     text_column: str = "sentence"
     label_column: str = "label"
     max_length: int = Field(128, ge=4, le=8192)
@@ -100,6 +102,19 @@ class NoiseSpec(Strict):
     token_mask: float = Field(0.0, ge=0.0, le=0.5, description="share of tokens replaced by [MASK]")
     randaugment: bool = False
     randaugment_magnitude: int = Field(9, ge=0, le=30)
+
+
+class AugmentSpec(Strict):
+    """Consistent augmentation: teacher and student see the same augmented view (Beyer et al. 2022)."""
+
+    token_mask: float = Field(0.0, ge=0.0, le=0.5, description="share of tokens replaced by [MASK]")
+    randaugment: bool = False
+    randaugment_magnitude: int = Field(9, ge=0, le=30)
+    mixup: float = Field(0.0, ge=0.0, le=10.0, description="mixup alpha (timm Mixup); 0 = off")
+    cutmix: float = Field(0.0, ge=0.0, le=10.0, description="cutmix alpha (timm Mixup); 0 = off")
+
+    def active(self) -> bool:
+        return bool(self.token_mask or self.randaugment or self.mixup or self.cutmix)
 
 
 class TrainSpec(Strict):
@@ -123,6 +138,7 @@ class TrainSpec(Strict):
                                          description="steps between checkpoints; default: eval time")
     cache_teacher: bool = False
     noise: NoiseSpec = NoiseSpec()
+    augment: AugmentSpec = AugmentSpec()
     threads: int | None = Field(None, ge=1, le=1024)
 
 

@@ -23,11 +23,16 @@ from kdcli.runtime.files import atomic_path
 
 def refuse_uncacheable(losses: nn.ModuleList, split: Split) -> None:
     """Refuse the losses whose kind declares that the cache cannot serve it on this split's data."""
-    bound = sorted({loss.kind for loss in losses if not loss.Spec.cacheable_on(split.kind)})
+    bound = sorted({loss.kind for loss in losses if not _served(loss, split.kind)})
     if bound:
         raise BadInput(f"train.cache_teacher cannot serve {', '.join(bound)}: the teacher's side of these losses "
                        "changes with each batch's padding or random masking",
                        hint="set train.cache_teacher: false for this profile")
+
+
+def _served(loss: Any, data: str) -> bool:
+    spec = getattr(loss, "spec", None)  # a built loss carries its configured spec; a bare kind only its class
+    return spec.cache_serves(data) if spec is not None else loss.Spec.cacheable_on(data)
 
 
 class TeacherCache:

@@ -10,12 +10,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from kdcli.data.augment import Augment, consistent_augment
 from kdcli.data.splits import Split
 from kdcli.errors import BadInput
 from kdcli.losses import build_losses, needs
@@ -29,7 +31,8 @@ from kdcli.train.cache import TeacherCache
 from kdcli.train.checkpoint import save_checkpoint
 from kdcli.train.schedule import make_schedule, precision_context
 from kdcli.train.state import TrainState
-from kdcli.train.step import Feed, StudentStep, optimizer_step
+from kdcli.train.step import Feed, StudentStep, optimizer_step, special_tokens
+from kdcli.train.transfer import TransferFeed, transfer_batch_size
 
 OnStep = Callable[[dict[str, Any]], None]
 
@@ -48,6 +51,7 @@ class Job:
     evalset: Split | None
     pseudo: tuple[Split, Tensor] | None
     teacher_eval: Tensor | None  # the frozen teacher's eval outputs, computed once
+    transfer: Split | None = None  # data.transfer beside labelled data (train/transfer.py)
 
     def evaluate(self) -> PairMetrics:
         self.student.module.eval()
@@ -137,8 +141,29 @@ def _feed(job: Job, state: TrainState, stage: StageSpec) -> Feed:
     _, teacher_needs = needs(list(state.losses))
     mask = next((spec for spec in stage.losses if spec.kind == "mlm"), None)
     autocast, _ = precision_context(cfg.precision, job.session.device)
-    return Feed(job.train, job.teacher, teacher_needs, _teacher_cache(job, state, teacher_needs), job.reader,
-                mask.mlm_probability if mask else None, autocast, job.session.device)
+    cache = _teacher_cache(job, state, job.train, teacher_needs, job.run.teacher_cache(state.stage))
+    transfer = None
+    if job.transfer is not None:
+        transfer = TransferFeed(job.transfer, transfer_batch_size(job.profile.data.transfer_ratio, cfg.batch_size),
+                                cfg.seed, job.profile.data.transfer_ratio)
+        transfer.cache = _teacher_cache(job, state, job.transfer, teacher_needs, job.run.transfer_cache(state.stage))
+    return Feed(job.train, job.teacher, teacher_needs, cache, job.reader, mask.mlm_probability if mask else None,
+                autocast, job.session.device, _augment(job, stage), transfer, job.session.world.rank,
+                job.session.world.size)
+
+
+def _augment(job: Job, stage: StageSpec) -> Augment | None:
+    """train.augment as a function of (batch, generator); refused where a loss cannot read its view."""
+    spec, reader = job.profile.train.augment, job.reader
+    if (spec.mixup or spec.cutmix) and any(loss.kind == "dkd" for loss in stage.losses):
+        raise BadInput("train.augment mixup/cutmix turns labels into mixed soft targets, and loss 'dkd' reads "
+                       "hard labels", hint="use ce and hinton with mixup/cutmix, or turn them off")
+    tokenizer = getattr(reader, "tokenizer", None)
+    config = getattr(reader, "data_config", None) or {}
+    return consistent_augment(
+        spec, mask_token_id=getattr(tokenizer, "mask_token_id", None),
+        special=(lambda batch: special_tokens(batch, tokenizer)) if tokenizer is not None else None,
+        mean=config.get("mean"), std=config.get("std"), num_classes=reader.num_labels)
 
 
 def _step_module(job: Job, state: TrainState) -> nn.Module:
@@ -153,15 +178,19 @@ def _step_module(job: Job, state: TrainState) -> nn.Module:
     return module
 
 
-def _teacher_cache(job: Job, state: TrainState, teacher_needs: frozenset[str]) -> TeacherCache | None:
+def _teacher_cache(job: Job, state: TrainState, split: Split, teacher_needs: frozenset[str], path: Path
+                   ) -> TeacherCache | None:
     """Rank 0 builds the cache file; the other ranks wait, then map the same file."""
     cfg, world = job.profile.train, job.session.world
     if not cfg.cache_teacher or job.teacher is None or not teacher_needs:
         return None
+    if cfg.augment.active():
+        raise BadInput("train.cache_teacher cannot serve train.augment: the teacher sees a new view every step",
+                       hint="set train.cache_teacher: false (consistent augmentation needs the live teacher)")
 
     def build() -> TeacherCache:
-        return TeacherCache.load_or_build(job.teacher, job.train, teacher_needs, state.losses, cfg.batch_size,
-                                          job.session.device, job.run.teacher_cache(state.stage))
+        return TeacherCache.load_or_build(job.teacher, split, teacher_needs, state.losses, cfg.batch_size,
+                                          job.session.device, path)
     cache = build() if world.main else None
     barrier(world)
     return cache or build()

@@ -1,5 +1,6 @@
-"""One optimizer step: teacher on clean input, student on (noised) input, weighted loss terms,
-the pseudo-labelled share, gradient accumulation, clipping.
+"""One optimizer step: teacher on clean (or consistently augmented) input, student on the same view
+(plus its own noise), weighted loss terms, the transfer and pseudo-labelled shares, gradient
+accumulation, clipping.
 
 `StudentStep` is an nn.Module holding the student and the learned parts of the losses, so that
 DistributedDataParallel can wrap exactly what trains.
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kdcli.data.augment import Augment
 from kdcli.data.noise import add_noise
 from kdcli.data.splits import Split, to_device
 from kdcli.errors import TrainingDiverged
@@ -23,6 +25,9 @@ from kdcli.models import Adapter, Outputs
 from kdcli.profile import Profile, TrainSpec
 from kdcli.train.cache import TeacherCache
 from kdcli.train.state import TrainState
+from kdcli.train.transfer import TransferFeed
+
+Part = tuple[dict[str, Tensor], Outputs | None]  # a batch and the teacher's outputs on it
 
 
 class StudentStep(nn.Module):
@@ -40,14 +45,23 @@ class StudentStep(nn.Module):
         self.profile = profile
         self.reader = reader
         self.pseudo = pseudo
+        # Label-using losses (ce, dkd) skip transfer samples: a plain list, so nothing registers twice.
+        self.label_free = [loss for loss in losses if not loss.uses_labels]
+        self.transfer_needs = frozenset({"logits"}).union(*(loss.student_needs for loss in self.label_free))
 
-    def forward(self, batch: dict[str, Tensor], t_out: Outputs | None, micro: int
+    def forward(self, batch: dict[str, Tensor], t_out: Outputs | None, micro: int, transfer: Part | None = None
                 ) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.profile.train
         position = micro * self.world_size + self.rank  # ranks draw different noise and pseudo samples
         generator = torch.Generator().manual_seed(cfg.seed * 7_919 + position)
         s_out = self.adapter.forward(self._noised(batch, generator), self.student_needs)
         loss, parts = weighted_total(self.losses, s_out, t_out, batch, micro)
+        if transfer is not None:
+            ratio = self.profile.data.transfer_ratio
+            t_s_out = self.adapter.forward(self._noised(transfer[0], generator), self.transfer_needs)
+            t_loss, t_parts = weighted_total(self.label_free, t_s_out, transfer[1], transfer[0], micro)
+            loss = loss + ratio * t_loss
+            parts.update({f"transfer/{k}": ratio * v for k, v in t_parts.items()})
         if self.pseudo is not None and self.profile.pseudo.ratio > 0:
             p_loss = self._pseudo_loss(len(batch["index"]), position, generator, batch["index"].device)
             loss = loss + self.profile.pseudo.ratio * p_loss
@@ -104,6 +118,10 @@ class Feed:
     mask_probability: float | None  # MLM masking, the same for teacher and student
     autocast: Callable
     device: torch.device
+    augment: Augment | None = None  # consistent augmentation: one view for teacher and student
+    transfer: TransferFeed | None = None
+    rank: int = 0
+    world_size: int = 1
 
 
 def optimizer_step(step_module: nn.Module, chunk: list[list[int]], state: TrainState, feed: Feed,
@@ -118,8 +136,8 @@ def optimizer_step(step_module: nn.Module, chunk: list[list[int]], state: TrainS
         # Under DDP, only the last micro-batch all-reduces its gradients.
         sync = nullcontext() if j == len(chunk) - 1 or not hasattr(step_module, "no_sync") else step_module.no_sync()
         with sync, feed.autocast():
-            t_out = teacher_outputs(feed.teacher, feed.teacher_needs, feed.cache, batch)
-            loss, parts = step_module(batch, t_out, micro)
+            batch, t_out = view_and_teacher(feed, batch, feed.cache, micro, 0, cfg.seed)
+            loss, parts = step_module(batch, t_out, micro, transfer_part(feed, micro, cfg.seed))
             state.scaler.scale(loss / len(chunk)).backward()
         for name, value in parts.items():
             terms[name] = terms[name] + value / len(chunk) if name in terms else value / len(chunk)
@@ -134,7 +152,25 @@ def optimizer_step(step_module: nn.Module, chunk: list[list[int]], state: TrainS
     return dict(zip(names, torch.stack([terms[n].float() for n in names]).tolist()))  # one sync per step
 
 
-def weighted_total(losses: nn.ModuleList, s_out: Outputs, t_out: Outputs | None, batch: dict[str, Tensor],
+def view_and_teacher(feed: Feed, batch: dict[str, Tensor], cache: TeacherCache | None, micro: int, part: int,
+                     seed: int) -> Part:
+    """The view both models see (augmented alike when train.augment is on) and the teacher's outputs on it."""
+    if feed.augment is not None:
+        position = micro * feed.world_size + feed.rank
+        batch = feed.augment(batch, torch.Generator().manual_seed(seed * 1_000_033 + 2 * position + part))
+    return batch, teacher_outputs(feed.teacher, feed.teacher_needs, cache, batch)
+
+
+def transfer_part(feed: Feed, micro: int, seed: int) -> Part | None:
+    """This micro-batch's transfer batch (see train/transfer.py) and the teacher's outputs on it."""
+    if feed.transfer is None:
+        return None
+    indices = feed.transfer.indices(micro * feed.world_size + feed.rank)
+    batch = to_device(feed.transfer.split.collate(indices), feed.device)
+    return view_and_teacher(feed, batch, feed.transfer.cache, micro, 1, seed)
+
+
+def weighted_total(losses: nn.ModuleList | list, s_out: Outputs, t_out: Outputs | None, batch: dict[str, Tensor],
                    micro: int) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted sum of the loss terms (detached copies per term, for the log); a NaN or inf stops the
     run, naming the step and the term. One device sync per micro-batch, not one per term."""
