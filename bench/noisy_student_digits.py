@@ -11,12 +11,16 @@ profiles/digits-noisy-student.yaml:
             trained on the labelled split alone
   ns-1      Noisy Student round 1: the teacher pseudo-labels the unlabelled split; the noised
             student trains on labelled + pseudo-labelled batches (kdcli.noisy.noisy_student)
+  consistent  (--consistent) the same student distilled "patient and consistent" (Beyer et al. 2022):
+            ce + Hinton on labelled data, Hinton on the unlabelled split as a transfer set, teacher and
+            student shown the same view (timm RandAugment + Mixup/CutMix, train.augment), live teacher
 
 The baseline and the round-1 student start from the same initial weights (same seed, same path
 through init-student), so the only difference between them is the pseudo-labelled data. Every model
 is scored once, at its last step, on the test split. Prints one JSON object.
 
     python -m bench.noisy_student_digits [--seeds 0 1 2] [--out runs/digits-ns] [--threads 1] [--clean-teacher]
+        [--consistent]
 """
 
 from __future__ import annotations
@@ -68,7 +72,13 @@ def timed(fn, *args: Any, **kwargs: Any) -> tuple[Any, float]:
     return result, round(time.perf_counter() - start, 1)
 
 
-def run_seed(seed: int, out: Path, per_class: int, threads: int | None, clean_teacher: bool) -> dict[str, Any]:
+CONSISTENT = ["distill.losses=[{kind: ce, weight: 0.5}, {kind: hinton, weight: 1.0, temperature: 1.0}]",
+              "train.noise.randaugment=false", "train.augment={randaugment: true, mixup: 0.8, cutmix: 1.0}",
+              "data.transfer_ratio=3"]
+
+
+def run_seed(seed: int, out: Path, per_class: int, threads: int | None, clean_teacher: bool,
+             consistent: bool = False) -> dict[str, Any]:
     folder = out / f"seed-{seed}"
     data = folder / "data"
     split = split_digits(data, seed, per_class)
@@ -99,6 +109,16 @@ def run_seed(seed: int, out: Path, per_class: int, threads: int | None, clean_te
     ns, ns_s = timed(noisy_student, ns_profile, 1)
     round1 = ns["rounds"][0]
 
+    arms = {}
+    if consistent:  # same init as the baseline (same seed, same path through init-student)
+        c_profile = load_profile(PROFILE, common + CONSISTENT + [
+            f"data.transfer={data / 'unlabeled.npz'}", f"student.path={folder / 'consistent' / 'init'}",
+            f"output={folder / 'consistent'}"])
+        torch.manual_seed(seed)
+        init_student(c_profile)
+        c, c_s = timed(distill, c_profile)
+        arms = {"consistent": round(c["eval"]["metrics"]["accuracy"], 4), "consistent_s": c_s}
+
     a = load_file(str(folder / "baseline" / "init" / "model.safetensors"))
     b = load_file(str(folder / "noisy-student" / "round-1" / "init" / "model.safetensors"))
     same_init = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -110,13 +130,15 @@ def run_seed(seed: int, out: Path, per_class: int, threads: int | None, clean_te
         "seed": seed, "labelled": split["labelled"], "unlabelled": split["unlabelled"], "test": split["test"],
         "accuracy": {"teacher": round(teacher["eval"]["metrics"]["accuracy"], 4),
                      "baseline": round(baseline["eval"]["metrics"]["accuracy"], 4),
-                     "noisy_student_round1": round(round1["eval"]["metrics"]["accuracy"], 4)},
+                     "noisy_student_round1": round(round1["eval"]["metrics"]["accuracy"], 4),
+                     **{k: v for k, v in arms.items() if not k.endswith("_s")}},
         "gain": round(round1["eval"]["metrics"]["accuracy"] - baseline["eval"]["metrics"]["accuracy"], 4),
         "pseudo": {"records": len(records), "distinct_kept": len(unique),
                    "kept_share": round(len(unique) / split["unlabelled"], 4),
                    "accuracy_of_kept": round(float(np.mean([truth[i] == label for i, label in unique.items()])), 4)},
         "same_init": same_init,
-        "seconds": {"teacher": teacher_s, "baseline": baseline_s, "noisy_student_round1": ns_s},
+        "seconds": {"teacher": teacher_s, "baseline": baseline_s, "noisy_student_round1": ns_s,
+                    **{k[:-2]: v for k, v in arms.items() if k.endswith("_s")}},
     }
 
 
@@ -132,16 +154,18 @@ def main() -> None:
     parser.add_argument("--labelled-per-class", type=int, default=18, help="18 x 10 = 180 labelled digits (10%%)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (train.threads)")
     parser.add_argument("--clean-teacher", action="store_true", help="train the teacher without noise")
+    parser.add_argument("--consistent", action="store_true", help="add the consistent-augmentation arm")
     args = parser.parse_args()
     taken = [args.out / f"seed-{s}" for s in args.seeds if (args.out / f"seed-{s}").exists()]
     if taken:
         sys.exit(f"{taken[0]} exists: remove it or pass another --out")
     start = time.perf_counter()
-    seeds = [run_seed(seed, args.out, args.labelled_per_class, args.threads, args.clean_teacher)
+    seeds = [run_seed(seed, args.out, args.labelled_per_class, args.threads, args.clean_teacher, args.consistent)
              for seed in args.seeds]
     profile = load_profile(PROFILE)
     summary = {name: mean_std([s["accuracy"][name] for s in seeds])
-               for name in ("teacher", "baseline", "noisy_student_round1")}
+               for name in ("teacher", "baseline", "noisy_student_round1", "consistent")
+               if name in seeds[0]["accuracy"]}
     noise = (f"model_args {profile.student.init.model_args}, RandAugment "
              f"m={profile.train.noise.randaugment_magnitude}")
     arch = profile.student.init.architecture
