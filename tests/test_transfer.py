@@ -96,16 +96,16 @@ def test_transfer_without_a_teacher_loss_is_refused(write_profile, bert_cls, sst
     path = write_profile(spec)
     assert _kd("init-student", path).exit_code == 0
     result = _kd("distill", path)
-    assert result.exit_code == 2 and "data.transfer: no loss reads the teacher" in result.stderr
+    assert result.exit_code == 2 and "data.transfer: no loss learns from the teacher without labels" in result.stderr
 
 
 def test_transfer_walk_covers_every_sample_once_a_pass():
     split = Split(kind="text", size=10, lengths=[3, 9, 4, 7, 5, 2, 8, 6, 1, 5])
-    feed = TransferFeed(split, batch_size=3, seed=0, ratio=1.0)
+    feed = TransferFeed(split, batch_size=3, seed=0)
     passes = [[i for k in range(p * 4, p * 4 + 4) for i in feed.indices(k)] for p in range(2)]
     assert all(sorted(seen) == list(range(10)) for seen in passes)
     assert passes[0] != passes[1]  # reshuffled each pass
-    assert feed.indices(5) == TransferFeed(split, batch_size=3, seed=0, ratio=1.0).indices(5)  # pure in position
+    assert feed.indices(5) == TransferFeed(split, batch_size=3, seed=0).indices(5)  # pure in position
 
 
 def test_masked_hidden_mse_is_the_mean_over_real_tokens():

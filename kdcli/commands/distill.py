@@ -90,9 +90,9 @@ def _prepare(profile: Profile, where: Session) -> Job:
     label_loss = next((s.kind for s in profile.loss_specs() if s.uses_labels), None)
     check_train_labels(train, str(profile.data.train or profile.data.transfer), num_classes=reader.num_labels,
                        needed_by=label_loss, label_column=profile.data.label_column)
-    if profile.data.transfer and teacher is None:
-        raise BadInput("data.transfer: no loss reads the teacher, so the student has nothing to learn there",
-                       hint="add a teacher loss (hinton, hidden_mse, ...), or drop data.transfer")
+    if profile.data.transfer and not any(s.teacher_needs and not s.uses_labels for s in profile.loss_specs()):
+        raise BadInput("data.transfer: no loss learns from the teacher without labels, so the student learns "
+                       "nothing there", hint="add hinton, hidden_mse or another teacher loss, or drop data.transfer")
     pseudo = pseudo_split(profile, reader) if profile.data.pseudo else None
     teacher_eval = None
     if where.main and teacher is not None and evalset is not None:  # the teacher never changes: once

@@ -145,7 +145,7 @@ def _feed(job: Job, state: TrainState, stage: StageSpec) -> Feed:
     transfer = None
     if job.transfer is not None:
         transfer = TransferFeed(job.transfer, transfer_batch_size(job.profile.data.transfer_ratio, cfg.batch_size),
-                                cfg.seed, job.profile.data.transfer_ratio)
+                                cfg.seed)
         transfer.cache = _teacher_cache(job, state, job.transfer, teacher_needs, job.run.transfer_cache(state.stage))
     return Feed(job.train, job.teacher, teacher_needs, cache, job.reader, mask.mlm_probability if mask else None,
                 autocast, job.session.device, _augment(job, stage), transfer, job.session.world.rank,

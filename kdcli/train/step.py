@@ -167,6 +167,8 @@ def transfer_part(feed: Feed, micro: int, seed: int) -> Part | None:
         return None
     indices = feed.transfer.indices(micro * feed.world_size + feed.rank)
     batch = to_device(feed.transfer.split.collate(indices), feed.device)
+    if feed.mask_probability is not None:  # MLM needs no labels: transfer text is masked like the rest
+        batch = mlm_mask(batch, feed.reader, feed.mask_probability, seed + 1, micro)
     return view_and_teacher(feed, batch, feed.transfer.cache, micro, 1, seed)
 
 

@@ -23,7 +23,6 @@ class TransferFeed:
     split: Split
     batch_size: int
     seed: int
-    ratio: float
     cache: TeacherCache | None = None
     _order: tuple[int, list[list[int]]] | None = field(default=None, repr=False)
 
