@@ -124,3 +124,22 @@ def test_only_masked_hidden_mse_is_cacheable_on_text(mask: bool, text: bool):
     spec = HiddenMseSpec(kind="hidden_mse", mask=mask)
     assert spec.cache_serves("text") is text
     assert spec.cache_serves("image")
+
+
+def test_image_transfer_set_with_consistent_augmentation(write_profile, timm_resnet, tmp_path):
+    import numpy as np
+    np.savez(tmp_path / "unlabeled.npz", images=np.random.default_rng(0).random((24, 8, 8), dtype=np.float32))
+    spec = {"name": "i", "task": "image-classification",
+            "teacher": {"source": "timm", "path": str(timm_resnet), "arch": "resnet18", "num_classes": 10},
+            "student": {"path": "init", "init": {"architecture": "resnet10t"}},
+            "data": {"train": "sklearn:digits", "transfer": str(tmp_path / "unlabeled.npz"), "image_size": 32,
+                     "limit": 32, "transfer_ratio": 0.5},
+            "distill": {"losses": [{"kind": "ce"}, {"kind": "hinton"}]},
+            "train": {"max_steps": 2, "batch_size": 16, "log_every": 1,
+                      "augment": {"randaugment": True, "cutmix": 1.0}}, "output": "run"}
+    path = write_profile(spec)
+    assert _kd("init-student", path).exit_code == 0
+    result = _kd("distill", path, "--quiet")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert all("loss/transfer/hinton" in r for r in records if "loss" in r)
