@@ -26,10 +26,13 @@ from kdcli.console import err, human_bytes, print_json, progress, table
 from kdcli.errors import BadInput, KdcliError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Compress model checkpoints by knowledge distillation, from one YAML profile.")
+                  help="Compress model checkpoints by knowledge distillation, from one YAML profile.\n\n"
+                       "Paths written in a profile are relative to the profile's folder; paths given on the command "
+                       "line (options and --set values) are relative to the working directory.")
 
 ProfileArg = Annotated[Path, typer.Argument(help="The job's YAML profile.", show_default=False)]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a field: --set train.lr=3e-5.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override a field: --set train.lr=3e-5 (repeatable; a path is relative to the working directory).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
@@ -103,9 +106,11 @@ def check(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False) -> N
                       f"output {probe.output_shape}")
         elif probe:
             err.print(f"  {role}: {probe.status}")
+    if report.init_layers is not None:
+        err.print(f"  student.init.layers keeps teacher layers {report.init_layers}")
     for loss in report.losses:
         err.print(f"  loss {loss['kind']} (weight {loss['weight']})"
-                  + (f": map {loss['map']}" if loss.get("map") else ""))
+                  + (f": map {{student: teacher}} {loss['map']}" if loss.get("map") else ""))
 
 
 @command("init-student")

@@ -1,0 +1,87 @@
+"""What a newcomer trips over (issue 16): one rule for relative paths, words that resolve visibly, messages
+that name the fix, reruns, and docs that match the schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from kdcli.cli import app
+
+
+def run(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture()
+def job(write_profile, bert_cls, sst_tiny) -> Path:
+    return write_profile({
+        "name": "tiny", "task": "sequence-classification", "teacher": {"path": str(bert_cls)},
+        "student": {"path": "student-init", "init": {"layers": "uniform:3"}},
+        "data": {"train": str(sst_tiny), "eval": "eval.tsv", "max_length": 16},
+        "distill": {"losses": [{"kind": "hinton"}, {"kind": "hidden_mse", "layers": "uniform"}]},
+        "train": {"max_steps": 2, "batch_size": 8, "lr": 1e-3}, "output": "run"})
+
+
+def test_set_paths_are_relative_to_the_working_directory_profile_paths_to_the_profile(job, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = run("check", job, "--json", "--set", "data.train=mine.tsv", "--set", "output=out")
+    assert result.exit_code == 0, result.output
+    profile = json.loads(result.stdout)["profile"]
+    assert profile["data"]["train"] == str(elsewhere / "mine.tsv")  # given on the command line
+    assert profile["output"] == str(elsewhere / "out")
+    assert profile["data"]["eval"] == str(job.parent / "eval.tsv")  # written in the profile
+    assert profile["student"]["path"] == str(job.parent / "student-init")
+
+
+def test_help_states_the_path_rule_once(job):
+    assert "relative to the working directory" in " ".join(run("--help").stdout.split())
+
+
+def test_check_prints_the_kept_layers_and_the_resolved_maps(job):
+    assert run("init-student", job).exit_code == 0
+    result = run("check", job)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stderr.split())
+    assert "student.init.layers keeps teacher layers [0, 2, 3]" in text  # uniform:3 of 4 layers
+    assert "map {student: teacher} {'1': 1, '2': 3, '3': 4}" in text  # uniform map: round(i * 4 / 3)
+    report = json.loads(run("check", job, "--json").stdout)
+    assert report["init_layers"] == [0, 2, 3]
+    assert {"kind": "hidden_mse", "map": {"1": 1, "2": 3, "3": 4}}.items() <= report["losses"][1].items()
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    return result.stderr
+
+
+def test_a_checkpoint_file_where_a_folder_is_expected_says_so(job, bert_cls):
+    message = one_line_error(run("check", job, "--set", f"teacher.path={bert_cls / 'config.json'}"))
+    assert "a folder is expected, not a file" in message and f"hint: point at the folder" in message
+    assert str(bert_cls) in message
+
+
+def test_windows_1252_data_names_cp1252(job, tmp_path):
+    data = tmp_path / "excel.csv"
+    data.write_bytes("sentence,label\n\u201cgreat\u201d film,1\n".encode("cp1252"))
+    assert run("init-student", job).exit_code == 0
+    message = one_line_error(run("distill", job, "--set", f"data.train={data}"))
+    assert "not valid UTF-8 (byte 0x93)" in message and "iconv -f cp1252 -t utf-8" in message
+
+
+def test_a_bad_set_value_names_the_flag_not_a_line_of_the_profile(job):
+    message = one_line_error(run("check", job, "--set", "train.lr=fast"))
+    assert "--set train.lr: train.lr: Input should be a valid number" in message
+    assert f"{job}:" not in message
+
+
+def test_long_messages_are_not_wrapped_when_piped(job, tmp_path):
+    deep = tmp_path / ("a-long-folder-name-" * 6) / "teacher"
+    message = one_line_error(run("init-student", job, "--set", f"teacher.path={deep}"))
+    assert f"checkpoint not found: {deep}\n" in message  # one line, however long
