@@ -135,6 +135,8 @@ def init_student_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = 
 @command("distill")
 def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False,
                 resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
+                force: Annotated[bool, typer.Option("--force", help="Replace an earlier run in `output` (its "
+                                                    "student, checkpoints and metrics are deleted).")] = False,
                 nproc: Annotated[int, typer.Option(min=1, max=1024, help="Processes (devices) for data-parallel "
                                                    "training, launched through torchrun.")] = 1,
                 ) -> None:
@@ -151,7 +153,7 @@ def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False
             bar.update(task, completed=record["step"], total=record["total_steps"],
                        description=f"distill [{record['stage']}]",
                        info=f"loss {record['loss']:.4f} · {record['samples_per_s']:.0f} samples/s")
-        result = distill(loaded, resume=resume, on_step=on_step)
+        result = distill(loaded, resume=resume, force=force, on_step=on_step)
     if not main_rank:
         return
     if json_:

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from kdcli.cli import app
@@ -22,7 +21,7 @@ def job(write_profile, bert_cls, sst_tiny) -> Path:
     return write_profile({
         "name": "tiny", "task": "sequence-classification", "teacher": {"path": str(bert_cls)},
         "student": {"path": "student-init", "init": {"layers": "uniform:3"}},
-        "data": {"train": str(sst_tiny), "eval": "eval.tsv", "max_length": 16},
+        "data": {"train": str(sst_tiny), "eval": sst_tiny.name, "max_length": 16},  # eval: beside the profile
         "distill": {"losses": [{"kind": "hinton"}, {"kind": "hidden_mse", "layers": "uniform"}]},
         "train": {"max_steps": 2, "batch_size": 8, "lr": 1e-3}, "output": "run"})
 
@@ -36,7 +35,7 @@ def test_set_paths_are_relative_to_the_working_directory_profile_paths_to_the_pr
     profile = json.loads(result.stdout)["profile"]
     assert profile["data"]["train"] == str(elsewhere / "mine.tsv")  # given on the command line
     assert profile["output"] == str(elsewhere / "out")
-    assert profile["data"]["eval"] == str(job.parent / "eval.tsv")  # written in the profile
+    assert profile["data"]["eval"] == str(job.parent / "sst.tsv")  # written in the profile
     assert profile["student"]["path"] == str(job.parent / "student-init")
 
 
@@ -63,7 +62,7 @@ def one_line_error(result) -> str:
 
 def test_a_checkpoint_file_where_a_folder_is_expected_says_so(job, bert_cls):
     message = one_line_error(run("check", job, "--set", f"teacher.path={bert_cls / 'config.json'}"))
-    assert "a folder is expected, not a file" in message and f"hint: point at the folder" in message
+    assert "a folder is expected, not a file" in message and "hint: point at the folder" in message
     assert str(bert_cls) in message
 
 
@@ -85,3 +84,41 @@ def test_long_messages_are_not_wrapped_when_piped(job, tmp_path):
     deep = tmp_path / ("a-long-folder-name-" * 6) / "teacher"
     message = one_line_error(run("init-student", job, "--set", f"teacher.path={deep}"))
     assert f"checkpoint not found: {deep}\n" in message  # one line, however long
+
+
+def test_distill_force_replaces_an_earlier_run(job, tmp_path):
+    assert run("init-student", job).exit_code == 0
+    assert run("distill", job, "--quiet").exit_code == 0
+    stale = tmp_path / "run" / "stale.txt"
+    stale.write_text("from the earlier run")
+    again = run("distill", job, "--quiet")
+    assert again.exit_code == 2 and "--force to replace it" in again.stderr
+    forced = run("distill", job, "--quiet", "--force", "--json")
+    assert forced.exit_code == 0, forced.output
+    assert not stale.exists() and (tmp_path / "run" / "student" / "config.json").is_file()
+    steps = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum("final" in s for s in steps) == 1  # one run's records, not two
+    both = run("distill", job, "--force", "--resume")
+    assert both.exit_code == 2 and "pass one of them" in both.stderr
+
+
+def test_export_without_latency_still_writes_report_md(job, tmp_path):
+    assert run("init-student", job).exit_code == 0
+    assert run("distill", job, "--quiet").exit_code == 0
+    result = run("export", job, "--no-latency")
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "run" / "export" / "report.md").read_text()
+    assert "Latency: not measured (--no-latency)" in report and "Parity: PASS" in report and "## Size" in report
+    assert not (tmp_path / "run" / "export" / "latency.json").exists()
+
+
+def test_report_flags_noisy_measurements():
+    from kdcli.onnx.latency import latency_report
+    from kdcli.onnx.report import render_markdown
+    quiet = {"model": "student", "runtime": "onnxruntime", "batch_size": 1, "seq_len": 16, "p50_ms": 1.0,
+             "p90_ms": 1.1, "p99_ms": 1.2, "samples_per_s": 1000.0, "noisy": False}
+    noisy = {**quiet, "model": "teacher", "p90_ms": 3.0, "noisy": True}
+    text = render_markdown(latency_report([noisy, quiet], 2, {}), None)
+    assert "| teacher (noisy) | onnxruntime | 1 |" in text and "| student | onnxruntime | 1 |" in text
+    assert "1 of 2 measurements are noisy" in text
+    assert "noisy" not in render_markdown(latency_report([quiet], 2, {}), None)
