@@ -122,3 +122,62 @@ def test_report_flags_noisy_measurements():
     assert "| teacher (noisy) | onnxruntime | 1 |" in text and "| student | onnxruntime | 1 |" in text
     assert "1 of 2 measurements are noisy" in text
     assert "noisy" not in render_markdown(latency_report([quiet], 2, {}), None)
+
+
+# --- docs that match the code ----------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _leaf_fields(model: type, prefix: str = "") -> list[str]:
+    """Dotted names of a pydantic model's fields, nested sections expanded (init.layers, noise.token_mask)."""
+    from pydantic import BaseModel
+    names = []
+    for name, info in model.model_fields.items():
+        if info.exclude:
+            continue
+        nested = info.annotation if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel) \
+            else None
+        names += _leaf_fields(nested, f"{prefix}{name}.") if nested else [f"{prefix}{name}"]
+    return names
+
+
+def _sections(text: str) -> dict[str, str]:
+    parts = text.split("\n## ")
+    return {part.split("\n", 1)[0].strip(): part for part in parts[1:]}
+
+
+def test_every_profile_field_is_documented_in_profile_md():
+    from pydantic import BaseModel
+
+    from kdcli.profile import Profile
+    sections = _sections((DOCS / "profile.md").read_text())
+    missing = []
+    for name, info in Profile.model_fields.items():
+        if info.exclude:
+            continue
+        top = info.annotation
+        model = next((a for a in (top, *getattr(top, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)),
+                     None)
+        if model is None:
+            missing += [] if f"`{name}`" in sections["Top level"] else [name]
+            continue
+        if name == "distill":  # losses: documented per kind in losses.md (checked below)
+            continue
+        missing += [f"{name}.{leaf}" for leaf in _leaf_fields(model) if f"`{leaf}`" not in sections.get(name, "")]
+    assert not missing, f"fields without a row in docs/profile.md: {missing}"
+
+
+def test_every_loss_option_is_documented_in_losses_md():
+    from kdcli.losses.specs import LOSS_SPECS
+    text = (DOCS / "losses.md").read_text()
+    missing = [f"{kind}.{field}" for kind, spec in LOSS_SPECS.items() for field in spec.model_fields
+               if field not in ("kind", "weight") and f"{field}" not in text]
+    assert not missing, f"loss options not in docs/losses.md: {missing}"
+
+
+def test_docs_name_the_metric_behind_min_metric_for_every_task():
+    from kdcli.metrics import PRIMARY
+    text = " ".join((DOCS / "profile.md").read_text().split())
+    for task, (_, metric) in PRIMARY.items():
+        assert f"`{task}`: `{metric}`" in text, task
