@@ -181,3 +181,13 @@ def test_docs_name_the_metric_behind_min_metric_for_every_task():
     text = " ".join((DOCS / "profile.md").read_text().split())
     for task, (_, metric) in PRIMARY.items():
         assert f"`{task}`: `{metric}`" in text, task
+
+
+def test_install_md_states_the_bounds_pyproject_declares():
+    import tomllib
+    pyproject = tomllib.loads((DOCS.parent / "pyproject.toml").read_text())
+    text = (DOCS / "install.md").read_text()
+    for requirement in pyproject["project"]["dependencies"]:
+        name, _, bound = requirement.partition(">=")
+        if name in ("torch", "transformers", "timm"):
+            assert f"| {name} | `>={bound}` |" in text, requirement
