@@ -26,10 +26,13 @@ from kdcli.console import err, human_bytes, print_json, progress, table
 from kdcli.errors import BadInput, KdcliError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Compress model checkpoints by knowledge distillation, from one YAML profile.")
+                  help="Compress model checkpoints by knowledge distillation, from one YAML profile.\n\n"
+                       "Paths written in a profile are relative to the profile's folder; paths given on the command "
+                       "line (options and --set values) are relative to the working directory.")
 
 ProfileArg = Annotated[Path, typer.Argument(help="The job's YAML profile.", show_default=False)]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a field: --set train.lr=3e-5.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override a field: --set train.lr=3e-5 (repeatable; a path is relative to the working directory).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
@@ -103,9 +106,11 @@ def check(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False) -> N
                       f"output {probe.output_shape}")
         elif probe:
             err.print(f"  {role}: {probe.status}")
+    if report.init_layers is not None:
+        err.print(f"  student.init.layers keeps teacher layers {report.init_layers}")
     for loss in report.losses:
         err.print(f"  loss {loss['kind']} (weight {loss['weight']})"
-                  + (f": map {loss['map']}" if loss.get("map") else ""))
+                  + (f": map {{student: teacher}} {loss['map']}" if loss.get("map") else ""))
 
 
 @command("init-student")
@@ -130,6 +135,8 @@ def init_student_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = 
 @command("distill")
 def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False,
                 resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
+                force: Annotated[bool, typer.Option("--force", help="Replace an earlier run in `output` (its "
+                                                    "student, checkpoints and metrics are deleted).")] = False,
                 nproc: Annotated[int, typer.Option(min=1, max=1024, help="Processes (devices) for data-parallel "
                                                    "training, launched through torchrun.")] = 1,
                 ) -> None:
@@ -146,7 +153,7 @@ def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False
             bar.update(task, completed=record["step"], total=record["total_steps"],
                        description=f"distill [{record['stage']}]",
                        info=f"loss {record['loss']:.4f} · {record['samples_per_s']:.0f} samples/s")
-        result = distill(loaded, resume=resume, on_step=on_step)
+        result = distill(loaded, resume=resume, force=force, on_step=on_step)
     if not main_rank:
         return
     if json_:

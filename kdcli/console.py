@@ -18,7 +18,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-err = Console(stderr=True)
+# Piped (CI logs), a line is a line: no wrapping at 80 columns that would split paths and messages.
+err = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
 def print_json(obj: Any) -> None:
