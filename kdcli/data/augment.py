@@ -79,7 +79,7 @@ def randaugment(pixels: Tensor, magnitude: int, mean: tuple[float, ...], std: tu
     with _seeded(generator):
         for image in images:
             array = image[0].numpy() if gray else image.permute(1, 2, 0).numpy()
-            view = np.asarray(transform(Image.fromarray(array, mode="L" if gray else "RGB")))
+            view = np.asarray(transform(Image.fromarray(array)))  # uint8 HxW: "L", HxWx3: "RGB"
             out.append(torch.from_numpy(view.copy()).view(image.shape[1], image.shape[2], -1).permute(2, 0, 1))
     return ((torch.stack(out).float().to(pixels.device) / 255) - m) / s
 
