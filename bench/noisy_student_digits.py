@@ -68,8 +68,8 @@ def split_digits(folder: Path, seed: int, per_class: int) -> dict[str, Any]:
 
 def timed(fn, *args: Any, **kwargs: Any) -> tuple[Any, float]:
     start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, round(time.perf_counter() - start, 1)
+    result = fn(*args, **kwargs)  # the commands return dataclasses; this script reads their JSON form
+    return result.to_json() if hasattr(result, "to_json") else result, round(time.perf_counter() - start, 1)
 
 
 CONSISTENT = ["distill.losses=[{kind: ce, weight: 0.5}, {kind: hinton, weight: 1.0, temperature: 1.0}]",

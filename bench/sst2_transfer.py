@@ -88,7 +88,7 @@ def run_arm(work: Path, teacher_path: str, arm: str, seed: int, epochs: float, o
     if not (Path(spec["student"]["path"]) / "config.json").is_file():
         init_student(profile)
     distill(profile)
-    result = evaluate(profile)
+    result = evaluate(profile).to_json()
     return {"arm": arm, "seed": seed, "accuracy": result["metrics"]["accuracy"],
             "teacher": result["teacher_metrics"]["accuracy"], "wall_s": round(time.perf_counter() - start, 1)}
 
