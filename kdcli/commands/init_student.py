@@ -8,6 +8,7 @@ from typing import Any
 
 from kdcli.errors import BadInput
 from kdcli.models import Adapter, dir_size, load_teacher
+from kdcli.models.causal_lm import shrink_decoder
 from kdcli.models.hf import HFAdapter
 from kdcli.models.shrink import shrink_timm, shrink_transformer
 from kdcli.models.timm import TimmAdapter, create
@@ -34,7 +35,9 @@ def init_student(profile: Profile) -> InitReport:
         return _fresh_student(profile)
     teacher = load_teacher(profile)
     assert teacher is not None
-    if isinstance(teacher, HFAdapter):
+    if isinstance(teacher, HFAdapter) and profile.task == "causal-lm":
+        student, layers, copied = shrink_decoder(teacher, init)
+    elif isinstance(teacher, HFAdapter):
         student, layers, copied = shrink_transformer(teacher, init, profile.task)
     else:
         student, layers, copied = shrink_timm(teacher, init)

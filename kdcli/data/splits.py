@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from kdcli import data
+from kdcli.data.lm import Columns, lm_labels, read_lm, tokenize_lm
 from kdcli.errors import DataError
 from kdcli.models import Adapter
 from kdcli.profile import Profile
@@ -45,7 +46,10 @@ class Split:
     def collate(self, indices: list[int]) -> dict[str, Tensor]:
         if self.kind == "text":
             features = [{**self.features[i], "index": i} for i in indices]
-            return data.collate_text(features, self.pad_token_id)
+            batch = data.collate_text(features, self.pad_token_id)
+            if "prompt_len" in features[0]:  # causal-lm: next-token targets, -100 on prompts and padding
+                batch["labels"] = lm_labels(features, batch["input_ids"].shape[1])
+            return batch
         idx = torch.tensor(indices)
         batch = {"pixel_values": self.images[idx], "index": idx}
         if self.labels is not None:
@@ -75,6 +79,8 @@ def _text_split(profile: Profile, path: Path, model: Adapter, labels: bool) -> S
         raise DataError(f"{getattr(model, 'path', 'the model')}: no tokenizer beside the checkpoint",
                         hint="save the tokenizer into the checkpoint folder (tokenizer.save_pretrained)")
     d = profile.data
+    if profile.task == "causal-lm":
+        return _lm_split(profile, path, tokenizer)
     label2id = model.label2id() if labels and model.num_labels else None
     examples = data.read_text(path, text_column=d.text_column,
                               label_column=d.label_column if labels and model.num_labels else None,
@@ -85,6 +91,24 @@ def _text_split(profile: Profile, path: Path, model: Adapter, labels: bool) -> S
     return Split(kind="text", size=len(features), lengths=[len(f["input_ids"]) for f in features],
                  features=features, sources=[e.source for e in examples], texts=[e.text for e in examples],
                  pad_token_id=tokenizer.pad_token_id or 0)
+
+
+def lm_columns(profile: Profile) -> Columns:
+    d = profile.data
+    text = d.text_column if "text_column" in d.model_fields_set else "text"  # `sentence` is the classifiers' default
+    return Columns(text, d.prompt_column, d.completion_column, d.messages_column)
+
+
+def _lm_split(profile: Profile, path: Path, tokenizer: object) -> Split:
+    examples = read_lm(path, lm_columns(profile))[: profile.data.limit]
+    features = tokenize_lm(examples, tokenizer, profile.data.max_length)
+    if not any(len(f["input_ids"]) > max(1, f["prompt_len"]) for f in features):
+        raise DataError(f"{path}: no example has a token to learn after its prompt within data.max_length "
+                        f"{profile.data.max_length}", hint="raise data.max_length, or shorten the prompts")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id  # type: ignore[attr-defined]
+    return Split(kind="text", size=len(features), lengths=[len(f["input_ids"]) for f in features],
+                 features=features, sources=[e.source for e in examples], texts=[e.text for e in examples],
+                 pad_token_id=pad or 0)
 
 
 def _image_split(profile: Profile, source: str, model: Adapter, labels: bool) -> Split:
