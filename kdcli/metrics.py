@@ -17,7 +17,8 @@ from kdcli.runtime.distributed import World, gather_rows, shard
 # A task's primary metric (higher is better): what decides student-best, what --min-metric gates.
 # (section of the report, key): the task metric where there are labels, agreement with the teacher otherwise.
 PRIMARY = {"sequence-classification": ("metrics", "accuracy"), "image-classification": ("metrics", "accuracy"),
-           "embedding": ("agreement", "cosine_to_teacher"), "masked-lm": ("agreement", "top1")}
+           "embedding": ("agreement", "cosine_to_teacher"), "masked-lm": ("agreement", "top1"),
+           "causal-lm": ("agreement", "top1")}
 
 Forward = Callable[[dict[str, Tensor]], Tensor]
 
@@ -116,6 +117,11 @@ def primary_metric(task: str, metrics: dict[str, float], agreement: dict[str, fl
 def evaluate_pair(student: Adapter, teacher: Adapter | None, split: Split, task: str, batch_size: int,
                   device: torch.device, teacher_outputs: Tensor | None = None) -> PairMetrics:
     """The metrics used during training: the student's task metric and its agreement with the teacher."""
+    if task == "causal-lm":  # per-token logits, streamed: the teacher runs beside the student
+        from kdcli.lm_metrics import evaluate_lm
+        lm = evaluate_lm(outputs_of(student, task), outputs_of(teacher, task) if teacher else None, split,
+                         batch_size, device)
+        return PairMetrics(lm.student, lm.agreement)
     s_out, labels = collect(outputs_of(student, task), split, batch_size, device)
     result = PairMetrics(task_metrics(s_out, labels))
     if teacher is not None or teacher_outputs is not None:

@@ -13,10 +13,11 @@ import yaml
 import kdcli
 from kdcli.data import check_train_labels
 from kdcli.data.pseudo import pseudo_split
-from kdcli.data.splits import train_and_eval
+from kdcli.data.splits import concat, load_split, train_and_eval
 from kdcli.errors import BadInput
 from kdcli.metrics import collect, outputs_of
 from kdcli.models import load_student, load_teacher
+from kdcli.models.causal_lm import align_vocab
 from kdcli.profile import Profile, profile_json
 from kdcli.run import Run
 from kdcli.runtime.distributed import Session, barrier, session
@@ -87,12 +88,17 @@ def _prepare(profile: Profile, where: Session) -> Job:
         student.module.compile()  # in place: parameter names (and so checkpoints) stay as they are
     reader = teacher or student
     train, evalset = train_and_eval(profile, reader)
-    label_loss = next((s.kind for s in profile.loss_specs() if s.uses_labels), None)
-    check_train_labels(train, str(profile.data.train), num_classes=reader.num_labels, needed_by=label_loss,
-                       label_column=profile.data.label_column)
-    pseudo = pseudo_split(profile, reader) if profile.data.pseudo else None
+    causal = profile.task == "causal-lm"
+    if causal:  # next-token labels come from the text itself; the teacher's completions join the training set
+        align_vocab(teacher, student)
+        train = concat(train, load_split(profile, "pseudo", reader)) if profile.data.pseudo else train
+    else:
+        label_loss = next((s.kind for s in profile.loss_specs() if s.uses_labels), None)
+        check_train_labels(train, str(profile.data.train), num_classes=reader.num_labels, needed_by=label_loss,
+                           label_column=profile.data.label_column)
+    pseudo = pseudo_split(profile, reader) if profile.data.pseudo and not causal else None
     teacher_eval = None
-    if where.main and teacher is not None and evalset is not None:  # the teacher never changes: once
+    if where.main and teacher is not None and evalset is not None and not causal:  # the teacher never changes
         teacher_eval = collect(outputs_of(teacher, profile.task), evalset, cfg.batch_size, device)[0]
     return Job(profile, Run(profile.output), where, student, teacher, reader, train, evalset, pseudo, teacher_eval)
 

@@ -144,6 +144,13 @@ def subset(split: Split, indices: list[int]) -> Split:
                  sources=[split.sources[i] for i in indices])
 
 
+def concat(first: Split, second: Split) -> Split:
+    """Two text splits as one (causal-lm: the training data and the teacher's completions)."""
+    return Split(kind="text", size=first.size + second.size, lengths=first.lengths + second.lengths,
+                 features=first.features + second.features, sources=first.sources + second.sources,
+                 texts=first.texts + second.texts, pad_token_id=first.pad_token_id)
+
+
 def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 

@@ -87,7 +87,8 @@ def shared_vocab(teacher: HFAdapter, student: HFAdapter) -> int:
     if t_vocab is not None and s_vocab is not None and t_vocab != s_vocab:
         raise CheckpointError(
             f"teacher and student vocabularies differ: teacher {len(t_vocab):,} tokens (logits {t_width:,}), "
-            f"student {len(s_vocab):,} tokens (logits {s_width:,}); first difference: {_first_difference(t_vocab, s_vocab)}",
+            f"student {len(s_vocab):,} tokens (logits {s_width:,}); first difference: "
+            f"{_first_difference(t_vocab, s_vocab)}",
             hint="token-level distillation needs the same tokenizer; build the student with kdcli init-student")
     width = min(t_width, s_width)
     used = len(t_vocab or s_vocab or ())

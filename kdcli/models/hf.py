@@ -137,10 +137,11 @@ class HFAdapter(Adapter):
 
     def exportable(self) -> Exportable:
         output = "last_hidden_state" if self.task == "embedding" else "logits"
+        per_token = output == "last_hidden_state" or self.task in PER_TOKEN_TASKS
         axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                output: {0: "batch", 1: "sequence"} if output == "last_hidden_state" or self.task in PER_TOKEN_TASKS
-                else {0: "batch"}}
-        return Exportable(_Bare(self.module, output, self.task == "causal-lm"), ["input_ids", "attention_mask"], [output], axes, "seq_len")
+                output: {0: "batch", 1: "sequence"} if per_token else {0: "batch"}}
+        bare = _Bare(self.module, output, causal=self.task == "causal-lm")
+        return Exportable(bare, ["input_ids", "attention_mask"], [output], axes, "seq_len")
 
     def save(self, directory: Path) -> None:
         with atomic_path(Path(directory)) as tmp:

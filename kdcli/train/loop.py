@@ -27,6 +27,7 @@ from kdcli.runtime.distributed import Session, barrier, mean_terms
 from kdcli.runtime.files import append_jsonl
 from kdcli.train.cache import TeacherCache
 from kdcli.train.checkpoint import save_checkpoint
+from kdcli.train.sparse_cache import SparseLogitCache
 from kdcli.train.schedule import make_schedule, precision_context
 from kdcli.train.state import TrainState
 from kdcli.train.step import Feed, StudentStep, optimizer_step
@@ -153,13 +154,18 @@ def _step_module(job: Job, state: TrainState) -> nn.Module:
     return module
 
 
-def _teacher_cache(job: Job, state: TrainState, teacher_needs: frozenset[str]) -> TeacherCache | None:
+def _teacher_cache(job: Job, state: TrainState, teacher_needs: frozenset[str]
+                   ) -> TeacherCache | SparseLogitCache | None:
     """Rank 0 builds the cache file; the other ranks wait, then map the same file."""
     cfg, world = job.profile.train, job.session.world
     if not cfg.cache_teacher or job.teacher is None or not teacher_needs:
         return None
 
-    def build() -> TeacherCache:
+    def build() -> TeacherCache | SparseLogitCache:
+        if job.profile.task == "causal-lm":
+            return SparseLogitCache.load_or_build(job.teacher, job.train, state.losses, cfg.batch_size,
+                                                  job.session.device, job.run.teacher_cache(state.stage),
+                                                  cfg.cache_topk)
         return TeacherCache.load_or_build(job.teacher, job.train, teacher_needs, state.losses, cfg.batch_size,
                                           job.session.device, job.run.teacher_cache(state.stage))
     cache = build() if world.main else None
