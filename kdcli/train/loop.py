@@ -27,8 +27,8 @@ from kdcli.runtime.distributed import Session, barrier, mean_terms
 from kdcli.runtime.files import append_jsonl
 from kdcli.train.cache import TeacherCache
 from kdcli.train.checkpoint import save_checkpoint
-from kdcli.train.sparse_cache import SparseLogitCache
 from kdcli.train.schedule import make_schedule, precision_context
+from kdcli.train.sparse_cache import SparseLogitCache
 from kdcli.train.state import TrainState
 from kdcli.train.step import Feed, StudentStep, optimizer_step
 
