@@ -162,22 +162,23 @@ def write_profile(tmp_path: Path) -> Callable[..., Path]:
 
 LM_SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>"]
 LM_VOCAB = 64
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} </s> {% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
 def lm_tokenizer(vocab_size: int = LM_VOCAB, extra: list[str] | None = None) -> Any:
-    """A word-level tokenizer: BOS prepended, EOS/PAD set, a chat template."""
+    """Byte-level BPE over single characters (no merges): transformers' model-specific tokenizer classes
+    (Qwen2Tokenizer rebuilds from vocab and merges) read it back the same. BOS prepended, a chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
-    words = LM_SPECIAL + (extra or []) + WORDS
-    words += [f"w{i}" for i in range(vocab_size - len(words))]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words[:vocab_size])}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    chars = LM_SPECIAL + (extra or []) + ["Ġ"] + [chr(i) for i in range(97, 123)]
+    chars += [f"<x{i}>" for i in range(vocab_size - len(chars))]
+    tok = Tokenizer(models.BPE({c: i for i, c in enumerate(chars[:vocab_size])}, [], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
+                                   unk_token="<unk>", additional_special_tokens=LM_SPECIAL[4:])
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -217,14 +218,14 @@ def write_lm_data(folder: Path) -> dict[str, Path]:
 
     def sentence(n: int) -> str:
         return " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (n,), generator=gen))
-    docs = [sentence(4 + i % 9) for i in range(24)]
+    docs = [sentence(2 + i % 5) for i in range(24)]
     (folder / "train.txt").write_text("\n".join(docs) + "\n")
-    pairs = [{"prompt": sentence(3 + i % 4), "completion": sentence(2 + i % 5)} for i in range(16)]
+    pairs = [{"prompt": sentence(1 + i % 3), "completion": " " + sentence(1 + i % 3)} for i in range(16)]
     (folder / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    chats = [{"messages": [{"role": "user", "content": sentence(3)}, {"role": "assistant", "content": sentence(4)}]}
+    chats = [{"messages": [{"role": "user", "content": sentence(2)}, {"role": "assistant", "content": sentence(2)}]}
              for _ in range(8)]
     (folder / "chat.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
-    (folder / "prompts.txt").write_text("\n".join(sentence(3) for _ in range(6)) + "\n")
+    (folder / "prompts.txt").write_text("\n".join(sentence(2) for _ in range(6)) + "\n")
     return {"train": folder / "train.txt", "pairs": folder / "pairs.jsonl", "chat": folder / "chat.jsonl",
             "prompts": folder / "prompts.txt"}
 

@@ -62,6 +62,12 @@ def evaluate(profile: Profile, model: str = "student", output: Path | None = Non
         split = _eval_split(profile, teacher or load_student(profile))
         batch_size = profile.train.batch_size
         forward, params, size, name = _candidate(profile, model, teacher, where.device)
+        if profile.task == "causal-lm":
+            report = _evaluate_lm(profile, split, forward, teacher, where)
+            report.model, report.params["student"], report.size_bytes["student"] = name, params, size
+            if where.main:
+                atomic_write_json(Path(output) if output else Run(profile.output).eval_report, report.to_json())
+            return report
         s_out, labels, s_rate = _timed(forward, split, batch_size, where)
         report = EvalReport(model=name, task=profile.task, samples=split.size, metrics=task_metrics(s_out, labels),
                             params={"student": params, "teacher": None},
@@ -78,6 +84,20 @@ def evaluate(profile: Profile, model: str = "student", output: Path | None = Non
         if where.main:
             atomic_write_json(Path(output) if output else Run(profile.output).eval_report, report.to_json())
     return report
+
+
+def _evaluate_lm(profile: Profile, split: Split, forward: Forward, teacher: Adapter | None, where: Session
+                 ) -> EvalReport:
+    """Perplexity (token-weighted), next-token top-1 agreement and mean KL. The models run interleaved, batch
+    by batch, so speed is export's to measure (prefill tokens/s in latency.json)."""
+    from kdcli.lm_metrics import evaluate_lm, lm_retention
+    t_forward = outputs_of(teacher, profile.task) if teacher is not None else None
+    lm = evaluate_lm(forward, t_forward, split, profile.train.batch_size, where.device, where.world)
+    return EvalReport(model="", task=profile.task, samples=split.size, metrics=lm.student,
+                      teacher_metrics=lm.teacher, agreement=lm.agreement, retention=lm_retention(lm.student, lm.teacher),
+                      params={"student": None, "teacher": teacher.param_count() if teacher else None},
+                      size_bytes={"student": None, "teacher": dir_size(teacher.path) if teacher else None},
+                      samples_per_s={"student": None, "teacher": None})
 
 
 def check_gates(report: EvalReport, gates: Gates) -> None:
@@ -99,7 +119,8 @@ def check_gates(report: EvalReport, gates: Gates) -> None:
 
 
 def _retention(report: EvalReport) -> float | None:
-    """Student metric / teacher metric; for embeddings, the cosine to the teacher (the teacher's is 1)."""
+    """Student metric / teacher metric; for embeddings, the cosine to the teacher (the teacher's is 1).
+    Causal LMs: teacher perplexity / student perplexity (kdcli/lm_metrics.py)."""
     if report.task == "embedding":
         return report.agreement.get("cosine_to_teacher")
     s, t = report.metrics.get("accuracy"), report.teacher_metrics.get("accuracy")
