@@ -186,3 +186,33 @@ def test_export_decoder_parity_with_padding_and_prefill_speed(tiny_lms, lm_data,
     assert any(shape[0] > 1 for shape in result["parity"]["shapes"])  # padded batches of several lengths
     rows = result["latency"]["rows"]
     assert {r["model"] for r in rows} == {"teacher", "student"} and all(r["tokens_per_s"] > 0 for r in rows)
+
+
+def test_sequence_level_pseudo_labels_then_distill(tiny_lms, lm_data, write_profile, one_thread) -> None:
+    spec = lm_profile(tiny_lms["llama"], lm_data["train"])
+    spec["data"].update(unlabeled=str(lm_data["chat"]), pseudo="run/pseudo/labels.jsonl")
+    spec["pseudo"] = {"max_new_tokens": 5}
+    path = write_profile(spec)
+    code, result = cli("pseudo-label", str(path), "--json")
+    assert code == 0, result
+    labels = path.parent / "run" / "pseudo" / "labels.jsonl"
+    records = [json.loads(line) for line in labels.read_text().splitlines()]
+    assert len(records) == result["total"] == 8
+    assert records[0]["messages"][-1] == {"role": "assistant", "content": records[0]["completion"]}
+    again = [json.loads(line) for line in (labels.read_text().splitlines())]
+    assert cli("pseudo-label", str(path), "--json")[0] == 0  # greedy: the same completions again
+    assert [json.loads(line) for line in labels.read_text().splitlines()] == again
+    # greedy decoding by hand: the teacher's argmax continuation of the first prompt
+    tok = lm_tokenizer()
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_lms["llama"]).eval()
+    prompt = tok.apply_chat_template(records[0]["messages"][:-1], tokenize=True, add_generation_prompt=True)
+    ids = torch.tensor([list(prompt["input_ids"])])
+    for _ in range(5):
+        with torch.no_grad():
+            ids = torch.cat([ids, teacher(ids).logits[:, -1:].argmax(-1)], 1)
+    assert tok.decode(ids[0, len(prompt["input_ids"]):], skip_special_tokens=True) == records[0]["completion"]
+    assert cli("init-student", str(path), "--json")[0] == 0
+    spec["output"] = "run2"
+    spec["data"]["pseudo"] = str(labels)
+    code, result = cli("distill", str(write_profile(spec)), "--json", "--quiet")
+    assert code == 0, result
