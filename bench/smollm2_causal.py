@@ -129,7 +129,8 @@ def main() -> None:
         "benchmark": "smollm2_causal", "machine": machine(), "teacher_layers": init["teacher"]["layers"],
         "student_layers": init["student"]["layers"], "params": {"teacher": init["teacher"]["params"],
                                                                 "student": init["student"]["params"]},
-        "max_length": 32, "batch_size": 4, "teacher_perplexity": teacher_ppl, "train_docs": args.train, "eval_docs": args.eval, "runs": results,
+        "max_length": 32, "batch_size": 4, "teacher_perplexity": teacher_ppl, "train_docs": args.train,
+        "eval_docs": args.eval, "runs": results,
         "cache": {"topk": k, "bytes_per_token": 8 * k + 4, "full_logits_bytes_per_token": 4 * 49_152,
                   "perplexity_gap_vs_full_logits": results["forward_kl"]["perplexity"]
                   - results["forward_kl_full_logits"]["perplexity"]},

@@ -94,7 +94,8 @@ def _evaluate_lm(profile: Profile, split: Split, forward: Forward, teacher: Adap
     t_forward = outputs_of(teacher, profile.task) if teacher is not None else None
     lm = evaluate_lm(forward, t_forward, split, profile.train.batch_size, where.device, where.world)
     return EvalReport(model="", task=profile.task, samples=split.size, metrics=lm.student,
-                      teacher_metrics=lm.teacher, agreement=lm.agreement, retention=lm_retention(lm.student, lm.teacher),
+                      teacher_metrics=lm.teacher, agreement=lm.agreement,
+                      retention=lm_retention(lm.student, lm.teacher),
                       params={"student": None, "teacher": teacher.param_count() if teacher else None},
                       size_bytes={"student": None, "teacher": dir_size(teacher.path) if teacher else None},
                       samples_per_s={"student": None, "teacher": None})
