@@ -216,3 +216,17 @@ def test_sequence_level_pseudo_labels_then_distill(tiny_lms, lm_data, write_prof
     spec["data"]["pseudo"] = str(labels)
     code, result = cli("distill", str(write_profile(spec)), "--json", "--quiet")
     assert code == 0, result
+
+
+def test_check_probes_a_causal_profile_and_names_a_vocabulary_mismatch(tmp_path, tiny_lms, lm_data, write_profile
+                                                                        ) -> None:
+    spec = lm_profile(tiny_lms["gpt2"], lm_data["train"])
+    spec["student"] = {"path": str(tiny_lms["gpt2"])}
+    code, report = cli("check", str(write_profile(spec)), "--json")
+    assert code == 0, report
+    assert report["student"]["output_shape"][-1] == 64
+    other = save_tiny_lm(tmp_path / "other", "gpt2")
+    lm_tokenizer(extra=["zebra"]).save_pretrained(other)
+    spec["student"] = {"path": str(other)}
+    code, message = cli("check", str(write_profile(spec)))
+    assert code == 2 and "vocabularies differ" in message
