@@ -115,3 +115,11 @@ def test_sparse_teacher_is_a_kl_between_bucketed_distributions(logits) -> None:
     p = sparse[1].exp()
     expected = _kl(p, q).mean()
     assert KF.token_loss(s, sparse, "forward_kl", mask).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", KF.TOKEN_KINDS)
+def test_a_nan_teacher_gives_a_nan_loss(logits, kind: str) -> None:
+    s, t, mask = logits
+    t = t.clone()
+    t[mask.nonzero()[0].tolist()] = float("nan")  # the loop stops on it, naming the step and the term
+    assert torch.isnan(KF.token_loss(s, t, kind, mask))

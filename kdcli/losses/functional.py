@@ -263,9 +263,9 @@ def mask_tokens(input_ids: Tensor, special_tokens_mask: Tensor, mask_token_id: i
 
 
 def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """KL(p || q) per row, from log-probabilities; 0·log 0 = 0."""
+    """KL(p || q) per row, from log-probabilities; 0·log 0 = 0, and a NaN stays a NaN (the loop reports it)."""
     p = log_p.exp()
-    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1)
+    return torch.where(p == 0, torch.zeros_like(p), p * (log_p - log_q)).sum(-1)
 
 
 def _mix(log_p: Tensor, log_q: Tensor, weight_p: float) -> Tensor:
