@@ -33,12 +33,13 @@ def outputs_of(model: Adapter, task: str) -> Forward:
 
 
 @torch.inference_mode()
-def collect(forward: Forward, split: Split, batch_size: int, device: torch.device, world: World = World()
-            ) -> tuple[Tensor, Tensor | None]:
+def collect(forward: Forward, split: Split, batch_size: int, device: torch.device, world: World = World(),
+            on_batch: Callable[[int, int], None] | None = None) -> tuple[Tensor, Tensor | None]:
     """Run a model over a split; return its outputs [N, ...] (float32, CPU) and the labels, in the split's
     order. Under torchrun each rank runs its share of the batches and every rank gets all rows."""
     outs, labels, index = [], [], []
-    for indices in shard(world, split.order(batch_size, shuffle=False)):
+    batches = shard(world, split.order(batch_size, shuffle=False))
+    for done, indices in enumerate(batches, 1):
         batch = split.collate(indices)
         labels.append(batch.get("labels"))
         index.append(torch.as_tensor(indices))
@@ -46,6 +47,8 @@ def collect(forward: Forward, split: Split, batch_size: int, device: torch.devic
         if out.dim() == 3:  # per-token logits: keep the first token, enough for agreement statistics
             out = out[:, 0]
         outs.append(out)
+        if on_batch:
+            on_batch(done, len(batches))
     have_labels = bool(labels) and all(lab is not None for lab in labels)
     empty = torch.empty(0)  # a rank with no batch (more ranks than batches) still joins the gather
     return gather_rows(world, torch.cat(index) if index else empty.long(), torch.cat(outs) if outs else empty,

@@ -20,12 +20,14 @@ from kdcli.models import load_student, load_teacher
 from kdcli.profile import Profile, profile_json
 from kdcli.run import Run
 from kdcli.runtime.distributed import Session, barrier, session
-from kdcli.runtime.files import append_jsonl, atomic_write_text
+from kdcli.runtime.files import atomic_write_text, check_writable
 from kdcli.runtime.lock import run_lock
 from kdcli.train.checkpoint import load_checkpoint, save_checkpoint
 from kdcli.train.loop import Job, OnStep, new_state, steps_of, train_stage
 from kdcli.train.schedule import seed_everything
 from kdcli.train.state import stage_done
+from kdcli.train.tracking import open_tracker, plot_metrics
+from kdcli.train.tracking import require as require_trackers
 
 
 @dataclass
@@ -46,6 +48,8 @@ def distill(profile: Profile, *, resume: bool = False, on_step: OnStep | None = 
     """Train the student the profile names; writes the run folder as it goes."""
     # One run per output folder: a second distill there refuses (exit 2) instead of overwriting this one.
     # Rank 0 alone holds the lock under torchrun: the other ranks write nothing.
+    require_trackers(profile.train.report_to)  # a missing extra, an unwritable folder: before any model loads
+    check_writable(profile.output)
     with session(profile.train.device) as where, run_lock(profile.output) if where.main else nullcontext():
         return _distill(profile, where, resume, on_step)
 
@@ -53,6 +57,17 @@ def distill(profile: Profile, *, resume: bool = False, on_step: OnStep | None = 
 def _distill(profile: Profile, where: Session, resume: bool, on_step: OnStep | None) -> DistillResult:
     job = _prepare(profile, where)
     resumed = _open_run(job, resume)
+    if where.main:
+        job.tracker = open_tracker(profile.train.report_to, job.run.root, profile.name, profile_json(profile))
+    try:
+        return _train(job, resumed, on_step)
+    finally:
+        if job.tracker is not None:
+            job.tracker.close()
+
+
+def _train(job: Job, resumed: dict[str, Any] | None, on_step: OnStep | None) -> DistillResult:
+    profile, where = job.profile, job.session
     best = resumed["best"] if resumed else None
     for index, stage in enumerate(profile.stages()):
         if resumed and index < resumed["stage"]:
@@ -107,7 +122,8 @@ def _finish(job: Job, best: float | None) -> DistillResult:
     if job.session.main:
         job.student.save(run.student)
         result.eval = job.evaluate().to_json() if job.evalset is not None else {}
-        append_jsonl(run.metrics, {"final": True, "eval": result.eval})
+        job.log({"final": True, "eval": result.eval})
+        plot_metrics(run.metrics, run.metrics_chart)
     barrier(job.session.world)
     return result
 

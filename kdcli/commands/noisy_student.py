@@ -23,7 +23,7 @@ from kdcli.commands.pseudo_label import pseudo_label
 from kdcli.errors import BadInput
 from kdcli.profile import Profile
 from kdcli.run import Run
-from kdcli.runtime.files import atomic_write_json
+from kdcli.runtime.files import atomic_write_json, check_writable
 
 
 @dataclass
@@ -43,6 +43,7 @@ def noisy_student(profile: Profile, rounds: int, *, resume: bool = False,
                        hint="train one from labels first with a [ce] profile")
     if not profile.data.unlabeled:
         raise BadInput("noisy-student needs data.unlabeled", hint="add data.unlabeled: PATH")
+    check_writable(profile.output)
     run = Run(profile.output)
     state_file = run.noisy_state
     state = (_read_json(state_file) or {"rounds": []}) if resume else {"rounds": []}

@@ -124,6 +124,8 @@ class TrainSpec(Strict):
     cache_teacher: bool = False
     noise: NoiseSpec = NoiseSpec()
     threads: int | None = Field(None, ge=1, le=1024)
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="experiment trackers fed every metrics.jsonl record")
 
 
 class ExportSpec(Strict):
