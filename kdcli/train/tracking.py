@@ -126,8 +126,8 @@ class _MLflow:
             mlflow.log_params({k: str(v)[:500] for k, v in items[i: i + 100]})
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        # MLflow metric names allow "/", not every other character a tag may hold.
-        self.mlflow.log_metrics(values, step=step)
+        # Its file store keeps a metric per file: "loss" and "loss/ce" would need "loss" as file and folder.
+        self.mlflow.log_metrics({tag.replace("/", "."): value for tag, value in values.items()}, step=step)
 
     def close(self) -> None:
         self.mlflow.end_run()
