@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdcli.data.splits import Split, to_device
+from kdcli.data.splits import Split, loader, to_device
 from kdcli.models import Adapter
 from kdcli.runtime.distributed import World, gather_rows, shard
 
@@ -39,8 +39,7 @@ def collect(forward: Forward, split: Split, batch_size: int, device: torch.devic
     order. Under torchrun each rank runs its share of the batches and every rank gets all rows."""
     outs, labels, index = [], [], []
     batches = shard(world, split.order(batch_size, shuffle=False))
-    for done, indices in enumerate(batches, 1):
-        batch = split.collate(indices)
+    for done, (indices, batch) in enumerate(zip(batches, loader(split, batches, device)), 1):
         labels.append(batch.get("labels"))
         index.append(torch.as_tensor(indices))
         out = forward(to_device(batch, device)).float().cpu()
