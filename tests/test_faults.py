@@ -524,9 +524,9 @@ def test_every_writer_turns_a_full_disk_into_one_message(tmp_path):
     assert done.returncode == 0, done.stderr
     hint = "free some disk space (or rai"
     assert done.stdout.splitlines() == [
-        f"text 1 cannot write {tmp_path / 'big.json'}: File too large | {hint}",
-        f"jsonl 1 cannot write {tmp_path / 'metrics.jsonl'}: File too large | {hint}",
-        f"folder 1 cannot write {tmp_path / 'student'}: File too large | {hint}",
+        f"text 2 cannot write {tmp_path / 'big.json'}: File too large | {hint}",
+        f"jsonl 2 cannot write {tmp_path / 'metrics.jsonl'}: File too large | {hint}",
+        f"folder 2 cannot write {tmp_path / 'student'}: File too large | {hint}",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # no temporaries; jsonl: empty
     assert (tmp_path / "metrics.jsonl").read_text() == ""
