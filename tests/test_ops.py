@@ -242,3 +242,41 @@ def test_a_missing_tracker_is_exit_2_before_training(kd, job, monkeypatch):
     assert "error: train.report_to: mlflow is not installed" in result.stderr
     assert "pip install mlflow-skinny" in result.stderr
     assert not (job.parent / "other").exists()
+
+
+# --- signals ------------------------------------------------------------------------------------------------
+
+
+def test_sigterm_outside_training_stops_at_once_with_143(kd, job, monkeypatch):
+    import signal
+    import time
+
+    import kdcli.commands.pseudo_label
+
+    def labelling(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the runner cancels the job while the teacher labels
+        time.sleep(30)
+        raise AssertionError("SIGTERM did not stop pseudo-label")
+    monkeypatch.setattr(kdcli.commands.pseudo_label, "pseudo_label", labelling)
+    result = invoke(kd, "pseudo-label", job, "--json")
+    assert result.exit_code == 143
+    assert "stopped: pseudo-label: SIGTERM" in result.stderr and "Traceback" not in result.output
+    assert json.loads(result.stdout) == {"error": "pseudo-label: SIGTERM", "exit_code": 143,
+                                         "hint": "nothing was written; run the same command again"}
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the command's alone
+
+
+def test_in_a_step_the_first_signal_waits_for_the_step_and_a_second_stops_at_once():
+    import signal
+
+    from kdcli.runtime.signals import Interrupted, Terminated, finish_the_step, raise_if_stopped
+    from kdcli.runtime.signals import terminate_as_interrupt as handled
+    with handled(), finish_the_step():
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step: the step goes on
+        with pytest.raises(Terminated):
+            raise_if_stopped()  # between steps: now
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(Interrupted):
+            os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: at once
+        with pytest.raises(Interrupted):
+            raise_if_stopped()  # the first one, still pending
