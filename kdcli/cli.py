@@ -272,7 +272,12 @@ def noisy_student_cmd(
     loaded = _load(profile, set_)
     from kdcli.commands.noisy_student import noisy_student
     with Progress(err, quiet) as shown:
-        result = noisy_student(loaded, rounds, resume=resume, on_event=shown.say)
+        task = shown.task("noisy-student", "step")
+
+        def on_step(record: dict) -> None:
+            task.update(record["step"], record["total_steps"], name=f"distill [{record['stage']}]",
+                        loss=record["loss"], samples_per_s=record["samples_per_s"])
+        result = noisy_student(loaded, rounds, resume=resume, on_event=shown.say, on_step=on_step)
     if json_:
         print_json(result.to_json())
         return

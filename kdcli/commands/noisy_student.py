@@ -24,6 +24,7 @@ from kdcli.errors import BadInput
 from kdcli.profile import Profile
 from kdcli.run import Run
 from kdcli.runtime.files import atomic_write_json, check_writable
+from kdcli.train.loop import OnStep
 
 
 @dataclass
@@ -36,7 +37,8 @@ class NoisyStudentResult:
 
 
 def noisy_student(profile: Profile, rounds: int, *, resume: bool = False,
-                  on_event: Callable[[str], None] | None = None) -> NoisyStudentResult:
+                  on_event: Callable[[str], None] | None = None, on_step: OnStep | None = None
+                  ) -> NoisyStudentResult:
     """Run `rounds` rounds; return every round's metrics."""
     if profile.teacher is None:
         raise BadInput("noisy-student needs a first teacher (`teacher:`)",
@@ -66,7 +68,7 @@ def noisy_student(profile: Profile, rounds: int, *, resume: bool = False,
             torch.manual_seed(profile.train.seed)
             init_student(_round_profile(profile, profile.teacher.path, folder))
         _say(on_event, f"round {r}: training the noised student")
-        summary = distill(_without_teacher_losses(round_profile), resume=resuming)
+        summary = distill(_without_teacher_losses(round_profile), resume=resuming, on_step=on_step)
         pseudo = _read_json(folder.pseudo_summary) or {}
         state["rounds"].append({"round": r, "teacher": str(teacher_path), "student": summary.student,
                                 "pseudo": {k: pseudo.get(k) for k in ("total", "kept_samples", "kept")},

@@ -45,6 +45,8 @@ class Task:
         self.total = total if total is not None else self.total
         self.name = name or self.name
         now = time.monotonic()
+        if self._last is not None and done < self._last[1]:
+            self._started = self._last = None  # a new stage or round counts from its own step 1
         if self._started is None:
             self._started = (now, done)
         if self.progress.bar is not None and self._bar_id is not None:
