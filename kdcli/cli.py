@@ -33,11 +33,14 @@ EXIT_CODES = ("Exit codes: 0 done · 1 a gate failed or the job failed at run ti
               "an interrupted distill saved a checkpoint for --resume.")
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, epilog=EXIT_CODES,
-                  help="Compress model checkpoints by knowledge distillation, from one YAML profile.")
+                  help="Compress model checkpoints by knowledge distillation, from one YAML profile.\n\n"
+                       "Paths written in a profile are relative to the profile's folder; paths given on the command "
+                       "line (options and --set values) are relative to the working directory.")
 
 ProfileArg = Annotated[Path, typer.Argument(help="The job's YAML profile.", show_default=False)]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
-    "--set", help="Override a profile field, repeatable: --set train.lr=3e-5. Default: none.", show_default=False)]
+    "--set", help="Override a profile field, repeatable: --set train.lr=3e-5 (a path is relative to the working "
+                  "directory). Default: none.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (the result, or the "
                                        "error), nothing else there.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress: no bar on a terminal, no progress "
@@ -53,7 +56,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                        help="Print the version and exit.")] = False) -> None:
-    """Compress model checkpoints by knowledge distillation, from one YAML profile."""
+    """Compress model checkpoints by knowledge distillation, from one YAML profile.
+
+    Paths written in a profile are relative to the profile's folder; paths given on the command line
+    (options and --set values) are relative to the working directory."""
 
 
 def command(name: str) -> Callable:
@@ -154,9 +160,11 @@ def check(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False) -> N
                       f"output {probe.output_shape}")
         elif probe:
             err.print(f"  {role}: {probe.status}")
+    if report.init_layers is not None:
+        err.print(f"  student.init.layers keeps teacher layers {report.init_layers}")
     for loss in report.losses:
         err.print(f"  loss {loss['kind']} (weight {loss['weight']})"
-                  + (f": map {loss['map']}" if loss.get("map") else ""))
+                  + (f": map {{student: teacher}} {loss['map']}" if loss.get("map") else ""))
 
 
 @command("init-student")
@@ -184,6 +192,8 @@ def init_student_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = 
 def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False,
                 resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint "
                                                      "(RUN/checkpoints/last.pt).")] = False,
+                force: Annotated[bool, typer.Option("--force", help="Replace an earlier run in `output` (its "
+                                                    "student, checkpoints and metrics are deleted).")] = False,
                 nproc: Annotated[int, typer.Option(min=1, max=1024, help="Processes (devices) for data-parallel "
                                                    "training, launched through torchrun; 1 to 1024.")] = 1,
                 ) -> None:
@@ -200,7 +210,7 @@ def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False
         def on_step(record: dict) -> None:
             task.update(record["step"], record["total_steps"], name=f"distill [{record['stage']}]",
                         loss=record["loss"], samples_per_s=record["samples_per_s"])
-        result = distill(loaded, resume=resume, on_step=on_step)
+        result = distill(loaded, resume=resume, force=force, on_step=on_step)
     if not main_rank:
         return
     if json_:

@@ -10,7 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-err = Console(stderr=True)
+# Piped (CI logs), a line is a line: no wrapping at 80 columns that would split paths and messages.
+err = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
 _printed: list[bool] = []

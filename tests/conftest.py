@@ -45,7 +45,7 @@ def write_tokenizer(folder: Path) -> BertTokenizerFast:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
     vocab += [f"[unused{i}]" for i in range(64 - len(vocab))]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True)
+    tokenizer = BertTokenizerFast.from_pretrained(folder, do_lower_case=True)  # transformers 4.x and 5.x alike
     tokenizer.save_pretrained(folder)
     return tokenizer
 

@@ -111,7 +111,8 @@ def test_bad_set(kd, job, item, needle):
     assert_bad_input(run(kd, "check", job, "--set", item), needle)
 
 
-def test_missing_teacher_checkpoint_at_init_student(kd, job, tmp_path):
+def test_missing_teacher_checkpoint_at_init_student(kd, job, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a --set path is relative to the working directory
     message = assert_bad_input(run(kd, "init-student", job, "--set", "teacher.path=gone"),
                                f"checkpoint not found: {tmp_path / 'gone'}")
     assert "hint: teacher.path" in message

@@ -74,7 +74,7 @@ def make_reference(folder: Path, teacher: Path, steps: int) -> tuple[Path, dict[
     data.write_text("sentence\tlabel\n" + "".join(
         f"{' '.join(generator.choices(words, k=generator.randint(3, 11)))}\t{i % 2}\n" for i in range(48)))
     path = job(folder, teacher, data, max_steps=steps)
-    summary = distill(load_profile(path, ["output=reference"]))
+    summary = distill(load_profile(path, [f"output={path.parent / 'reference'}"]))
     return path, student_weights(Path(summary.student))
 
 

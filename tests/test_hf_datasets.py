@@ -76,6 +76,7 @@ def test_distill_trains_from_a_parquet_file(stored, bert_cls, write_profile):
     result = runner.invoke(app, ["distill", str(profile), "--json", "--quiet"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["eval"]["metrics"]["accuracy"] >= 0
-    typo = runner.invoke(app, ["distill", str(profile), "--set", "data.text_column=sentense", "--set", "output=x"])
+    typo = runner.invoke(app, ["distill", str(profile), "--set", "data.text_column=sentense", "--set",
+                               f"output={profile.parent / 'x'}"])
     assert typo.exit_code == 2 and f"error: {stored['parquet']}: no column 'sentense'" in typo.stderr
     assert yaml.safe_load((profile.parent / "run" / "profile.lock.yaml").read_text())["profile"]["data"]["train"]

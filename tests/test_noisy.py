@@ -102,7 +102,7 @@ def interrupt_round(monkeypatch: pytest.MonkeyPatch, folder_name: str, at_step: 
 
 
 def test_cli_interrupted_loop_resumes_in_its_round_and_matches_an_uninterrupted_one(text_loop, monkeypatch):
-    full = runner.invoke(app, ["noisy-student", str(text_loop), "--rounds", "2", "--set", "output=full", "--json"])
+    full = runner.invoke(app, ["noisy-student", str(text_loop), "--rounds", "2", "--set", f"output={text_loop.parent / 'full'}", "--json"])
     assert full.exit_code == 0, full.output
     # stderr is a pipe: each round's training shows progress lines, counted from its own step 1
     assert full.stderr.count("distill [distill] step 1/") == 2, full.stderr

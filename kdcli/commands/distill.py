@@ -20,8 +20,8 @@ from kdcli.models import load_student, load_teacher
 from kdcli.profile import Profile, profile_json
 from kdcli.run import Run
 from kdcli.runtime.distributed import Session, barrier, session
-from kdcli.runtime.files import atomic_write_text, check_writable
-from kdcli.runtime.lock import run_lock
+from kdcli.runtime.files import atomic_write_text, check_writable, empty_folder
+from kdcli.runtime.lock import LOCK_NAME, run_lock
 from kdcli.train.checkpoint import load_checkpoint, save_checkpoint
 from kdcli.train.loop import Job, OnStep, new_state, steps_of, train_stage
 from kdcli.train.schedule import seed_everything
@@ -44,13 +44,20 @@ class DistillResult:
         return asdict(self)
 
 
-def distill(profile: Profile, *, resume: bool = False, on_step: OnStep | None = None) -> DistillResult:
-    """Train the student the profile names; writes the run folder as it goes."""
+def distill(profile: Profile, *, resume: bool = False, force: bool = False,
+            on_step: OnStep | None = None) -> DistillResult:
+    """Train the student the profile names; writes the run folder as it goes. `force` starts over in an
+    output folder that holds an earlier run (emptied once the run lock is held)."""
+    if resume and force:
+        raise BadInput("--resume continues the run in `output`, --force replaces it: pass one of them")
     # One run per output folder: a second distill there refuses (exit 2) instead of overwriting this one.
     # Rank 0 alone holds the lock under torchrun: the other ranks write nothing.
     require_trackers(profile.train.report_to)  # a missing extra, an unwritable folder: before any model loads
     check_writable(profile.output)
     with session(profile.train.device) as where, run_lock(profile.output) if where.main else nullcontext():
+        if force and where.main:
+            empty_folder(profile.output, keep={LOCK_NAME})
+        barrier(where.world)
         return _distill(profile, where, resume, on_step)
 
 
@@ -140,7 +147,7 @@ def _open_run(job: Job, resume: bool) -> dict[str, Any] | None:
         return state
     if run.checkpoint.is_file():
         raise BadInput(f"{run.root} holds an earlier run (checkpoints/last.pt)",
-                       hint="pass --resume to continue it, or point `output` at a new folder")
+                       hint="pass --resume to continue it, --force to replace it, or point `output` at a new folder")
     if main:
         run.root.mkdir(parents=True, exist_ok=True)
         lock = {"profile": profile_json(job.profile),

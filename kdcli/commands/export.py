@@ -96,6 +96,8 @@ def export_profile(profile: Profile, student_dir: Path | None = None, output: Pa
     if latency:
         say("measuring latency: teacher vs student, PyTorch vs onnxruntime")
         result.latency = _latency(profile, student, batches[0], onnx_path, out, parity, latency_seconds)
+    else:
+        atomic_write_text(out / "report.md", render_markdown(None, parity.to_json(), {"student": dir_size(onnx_path)}))
     return result
 
 

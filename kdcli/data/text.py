@@ -108,7 +108,8 @@ def _read_utf8(path: Path) -> str:
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise DataError(f"{path}, line {line}: not valid UTF-8 (byte 0x{raw[err.start]:02x})",
-                        hint="convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+                        hint=f"convert the file to UTF-8; from Windows-1252 (Excel's CSV): "
+                             f"iconv -f cp1252 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}") from None
     if not content.strip():
         raise DataError(f"{path}: the file is empty", hint="fill it with examples or point at another file")
     return content

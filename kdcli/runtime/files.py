@@ -242,6 +242,13 @@ def _raise_if_disk(exc: BaseException, path: Path) -> None:
     raise BadInput(f"cannot write {path}: {reason}", hint=hint) from exc
 
 
+def empty_folder(folder: Path, keep: set[str]) -> None:
+    """Remove everything in `folder` but the names in `keep` (distill --force: the run lock stays held)."""
+    for entry in Path(folder).iterdir() if Path(folder).is_dir() else []:
+        if entry.name not in keep:
+            _remove(entry)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
