@@ -197,8 +197,9 @@ def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False
                 nproc: Annotated[int, typer.Option(min=1, max=1024, help="Processes (devices) for data-parallel "
                                                    "training, launched through torchrun; 1 to 1024.")] = 1,
                 ) -> None:
-    """Train the student against the frozen teacher. Ctrl-C or SIGTERM: the step finishes, a checkpoint
-    is saved, and --resume continues."""
+    """Train the student against the frozen teacher.
+
+    Ctrl-C or SIGTERM: the step in flight finishes, a checkpoint is saved, and --resume continues."""
     loaded = _load(profile, set_)  # a bad profile is one message, not one per process
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_torchrun(nproc))
@@ -311,8 +312,9 @@ def evaluate_cmd(
     max_kl: Annotated[Optional[float], typer.Option(help="Gate: exit 1 above this teacher-student KL (nats per "
                                                     "sample). Default: off.", show_default=False)] = None,
 ) -> None:
-    """Teacher and student side by side: accuracy, agreement, retention, size, speed; CI gates (all of them
-    are judged and reported)."""
+    """Teacher and student side by side: accuracy, agreement, retention, size, speed; CI gates.
+
+    Every gate given is judged; eval.json and --json list them under "gates"."""
     loaded = _load(profile, set_)
     from kdcli.commands.evaluate import Gates, check_gates, evaluate
     with Progress(err, quiet or not _main_rank()) as shown:
