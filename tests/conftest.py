@@ -61,6 +61,13 @@ def _save(model: torch.nn.Module, folder: Path, seed: int) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def _in_its_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own folder: a relative path given on the command line (--set output=x)
+    lands there, never in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture()
 def one_thread():
     """Tiny models: one thread is faster, and far faster when other jobs share the cores."""
