@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdcli.data.splits import Split, to_device
+from kdcli.data.splits import Split, loader, to_device
 from kdcli.models import Adapter
 from kdcli.runtime.distributed import World, gather_rows, shard
 
@@ -34,19 +34,21 @@ def outputs_of(model: Adapter, task: str) -> Forward:
 
 
 @torch.inference_mode()
-def collect(forward: Forward, split: Split, batch_size: int, device: torch.device, world: World = World()
-            ) -> tuple[Tensor, Tensor | None]:
+def collect(forward: Forward, split: Split, batch_size: int, device: torch.device, world: World = World(),
+            on_batch: Callable[[int, int], None] | None = None) -> tuple[Tensor, Tensor | None]:
     """Run a model over a split; return its outputs [N, ...] (float32, CPU) and the labels, in the split's
     order. Under torchrun each rank runs its share of the batches and every rank gets all rows."""
     outs, labels, index = [], [], []
-    for indices in shard(world, split.order(batch_size, shuffle=False)):
-        batch = split.collate(indices)
+    batches = shard(world, split.order(batch_size, shuffle=False))
+    for done, (indices, batch) in enumerate(zip(batches, loader(split, batches, device)), 1):
         labels.append(batch.get("labels"))
         index.append(torch.as_tensor(indices))
         out = forward(to_device(batch, device)).float().cpu()
         if out.dim() == 3:  # per-token logits: keep the first token, enough for agreement statistics
             out = out[:, 0]
         outs.append(out)
+        if on_batch:
+            on_batch(done, len(batches))
     have_labels = bool(labels) and all(lab is not None for lab in labels)
     empty = torch.empty(0)  # a rank with no batch (more ranks than batches) still joins the gather
     return gather_rows(world, torch.cat(index) if index else empty.long(), torch.cat(outs) if outs else empty,

@@ -46,7 +46,7 @@ def write_tokenizer(folder: Path) -> BertTokenizerFast:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
     vocab += [f"[unused{i}]" for i in range(64 - len(vocab))]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True)
+    tokenizer = BertTokenizerFast.from_pretrained(folder, do_lower_case=True)  # transformers 4.x and 5.x alike
     tokenizer.save_pretrained(folder)
     return tokenizer
 
@@ -60,6 +60,13 @@ def _save(model: torch.nn.Module, folder: Path, seed: int) -> Path:
     model.save_pretrained(folder)
     write_tokenizer(folder)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _in_its_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own folder: a relative path given on the command line (--set output=x)
+    lands there, never in the checkout."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ from kdcli.profile import load_profile
 
 def _run(write_profile, spec: dict, cache: bool, name: str) -> dict[str, torch.Tensor]:
     path = write_profile(spec, f"{name}.yaml")
-    profile = load_profile(path, [f"train.cache_teacher={str(cache).lower()}", f"output={name}"])
+    profile = load_profile(path, [f"train.cache_teacher={str(cache).lower()}", f"output={path.parent / name}"])
     summary = distill(profile)
     from kdcli.models import load_student
     return load_student(profile, summary.student).module.state_dict()

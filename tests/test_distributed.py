@@ -39,7 +39,8 @@ def test_two_gloo_processes_match_one_process_with_accumulation(write_profile, b
     distill(load_profile(path, ["train.grad_accum=2"]))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "kdcli", "distill", str(path), "--quiet", "--nproc", "2",
-                           "--set", "output=ddp"], env=env, capture_output=True, text=True, timeout=300)
+                           "--set", "output=ddp"], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)  # a --set path is relative to the working directory
     assert done.returncode == 0, done.stderr[-3000:]
     single = AutoModelForSequenceClassification.from_pretrained(tmp_path / "single" / "student").state_dict()
     ddp = AutoModelForSequenceClassification.from_pretrained(tmp_path / "ddp" / "student").state_dict()

@@ -259,7 +259,9 @@ def _check_structured(tmp_path: Path, case: tuple, unicode: bool, via_set: bool)
         assert str(path) in message, message
     else:
         assert any(_field(loc, unicode) in message for _, loc, _ in done), (done, message)
-        assert all(line.strip().startswith(f"{path}") for line in message.splitlines()[1:]), message
+        # each line names where the value came from: the file and line, or the --set flag that gave it
+        sources = (f"{path}", *(f"--set {o.partition('=')[0]}" for o in overrides))
+        assert all(line.strip().startswith(sources) for line in message.splitlines()[1:]), message
     return message
 
 
@@ -289,7 +291,8 @@ def test_bad_set_overrides_name_the_override_or_field(tmp_path_factory, items):
     COUNTS["set:random"] += 1
     _, message = _load(path, items)
     if message is not None:
-        assert message.startswith("--set ") or str(path) in message, message
+        flags = tuple(f"--set {item.partition('=')[0].strip()}" for item in items)
+        assert message.startswith("--set ") or str(path) in message or any(f in message for f in flags), message
 
 
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))

@@ -71,7 +71,7 @@ def test_loss_goes_down(write_profile, bert_cls, sst_tiny):
 def test_killed_run_resumes_to_the_same_student(write_profile, bert_cls, sst_tiny, tmp_path):
     losses = [{"kind": "ce", "weight": 0.5}, {"kind": "hinton"}, {"kind": "hidden_mse"}]
     path = text_profile(write_profile, bert_cls, sst_tiny, losses, max_steps=8, checkpoint_every=3)
-    full = distill(load_profile(path, ["output=full"]))
+    full = distill(load_profile(path, [f"output={path.parent / 'full'}"]))
 
     class Crash(Exception):
         pass
@@ -80,10 +80,10 @@ def test_killed_run_resumes_to_the_same_student(write_profile, bert_cls, sst_tin
         if record["step"] == 5:
             raise Crash()
     with pytest.raises(Crash):  # an unclean death after step 5: the last checkpoint is step 3
-        distill(load_profile(path, ["output=crashed"]), on_step=crash_at_5)
+        distill(load_profile(path, [f"output={path.parent / 'crashed'}"]), on_step=crash_at_5)
     state = torch.load(path.parent / "crashed" / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 3
-    distill(load_profile(path, ["output=crashed"]), resume=True)
+    distill(load_profile(path, [f"output={path.parent / 'crashed'}"]), resume=True)
     lines = [json.loads(x) for x in (path.parent / "crashed" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == list(range(1, 9))  # steps 4-5 logged once, not twice
     a, b = student_state(Path(full.output_dir)), student_state(path.parent / "crashed")
@@ -93,15 +93,15 @@ def test_killed_run_resumes_to_the_same_student(write_profile, bert_cls, sst_tin
 
 def test_ctrl_c_saves_a_checkpoint_then_resume_matches(write_profile, bert_cls, sst_tiny):
     path = text_profile(write_profile, bert_cls, sst_tiny, [{"kind": "hinton"}], max_steps=6)
-    full = distill(load_profile(path, ["output=full"]))
+    full = distill(load_profile(path, [f"output={path.parent / 'full'}"]))
 
     def interrupt_at_4(record: dict) -> None:
         if record["step"] == 4:
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        distill(load_profile(path, ["output=stopped"]), on_step=interrupt_at_4)
+        distill(load_profile(path, [f"output={path.parent / 'stopped'}"]), on_step=interrupt_at_4)
     assert torch.load(path.parent / "stopped" / "checkpoints" / "last.pt", weights_only=True)["step"] == 4
-    distill(load_profile(path, ["output=stopped"]), resume=True)
+    distill(load_profile(path, [f"output={path.parent / 'stopped'}"]), resume=True)
     a, b = student_state(Path(full.output_dir)), student_state(path.parent / "stopped")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)

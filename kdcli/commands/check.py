@@ -9,6 +9,7 @@ import torch
 
 from kdcli.errors import BadInput
 from kdcli.losses import build_losses
+from kdcli.losses.layermap import select_layers
 from kdcli.models import Adapter, load_student, load_teacher
 from kdcli.profile import Profile, profile_json
 
@@ -31,6 +32,7 @@ class CheckReport:
     profile: dict[str, Any]
     teacher: ModelProbe | None = None
     student: ModelProbe | None = None
+    init_layers: list[int] | None = None  # the teacher layers student.init.layers keeps, resolved
     losses: list[dict[str, Any]] = field(default_factory=list)  # per stage: kind, weight, resolved layer map
 
     def to_json(self) -> dict[str, Any]:
@@ -44,6 +46,8 @@ def check_profile(profile: Profile) -> CheckReport:
         if profile.teacher.path.exists():
             teacher = load_teacher(profile)
             report.teacher = _probe(teacher)
+            if profile.student.init.architecture == "same" and teacher.family == "transformers":
+                report.init_layers = select_layers(profile.student.init.layers, teacher.depth)
         else:
             report.teacher = ModelProbe(loaded=False, status=f"not found: {profile.teacher.path}")
     if profile.student.path.exists():

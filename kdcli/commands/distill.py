@@ -21,12 +21,14 @@ from kdcli.models.causal_lm import align_vocab
 from kdcli.profile import Profile, profile_json
 from kdcli.run import Run
 from kdcli.runtime.distributed import Session, barrier, session
-from kdcli.runtime.files import append_jsonl, atomic_write_text
-from kdcli.runtime.lock import run_lock
+from kdcli.runtime.files import atomic_write_text, check_writable, empty_folder
+from kdcli.runtime.lock import LOCK_NAME, run_lock
 from kdcli.train.checkpoint import load_checkpoint, save_checkpoint
 from kdcli.train.loop import Job, OnStep, new_state, steps_of, train_stage
 from kdcli.train.schedule import seed_everything
 from kdcli.train.state import stage_done
+from kdcli.train.tracking import open_tracker, plot_metrics
+from kdcli.train.tracking import require as require_trackers
 
 
 @dataclass
@@ -43,17 +45,37 @@ class DistillResult:
         return asdict(self)
 
 
-def distill(profile: Profile, *, resume: bool = False, on_step: OnStep | None = None) -> DistillResult:
-    """Train the student the profile names; writes the run folder as it goes."""
+def distill(profile: Profile, *, resume: bool = False, force: bool = False,
+            on_step: OnStep | None = None) -> DistillResult:
+    """Train the student the profile names; writes the run folder as it goes. `force` starts over in an
+    output folder that holds an earlier run (emptied once the run lock is held)."""
+    if resume and force:
+        raise BadInput("--resume continues the run in `output`, --force replaces it: pass one of them")
     # One run per output folder: a second distill there refuses (exit 2) instead of overwriting this one.
     # Rank 0 alone holds the lock under torchrun: the other ranks write nothing.
+    require_trackers(profile.train.report_to)  # a missing extra, an unwritable folder: before any model loads
+    check_writable(profile.output)
     with session(profile.train.device) as where, run_lock(profile.output) if where.main else nullcontext():
+        if force and where.main:
+            empty_folder(profile.output, keep={LOCK_NAME})
+        barrier(where.world)
         return _distill(profile, where, resume, on_step)
 
 
 def _distill(profile: Profile, where: Session, resume: bool, on_step: OnStep | None) -> DistillResult:
     job = _prepare(profile, where)
     resumed = _open_run(job, resume)
+    if where.main:
+        job.tracker = open_tracker(profile.train.report_to, job.run.root, profile.name, profile_json(profile))
+    try:
+        return _train(job, resumed, on_step)
+    finally:
+        if job.tracker is not None:
+            job.tracker.close()
+
+
+def _train(job: Job, resumed: dict[str, Any] | None, on_step: OnStep | None) -> DistillResult:
+    profile, where = job.profile, job.session
     best = resumed["best"] if resumed else None
     for index, stage in enumerate(profile.stages()):
         if resumed and index < resumed["stage"]:
@@ -113,7 +135,8 @@ def _finish(job: Job, best: float | None) -> DistillResult:
     if job.session.main:
         job.student.save(run.student)
         result.eval = job.evaluate().to_json() if job.evalset is not None else {}
-        append_jsonl(run.metrics, {"final": True, "eval": result.eval})
+        job.log({"final": True, "eval": result.eval})
+        plot_metrics(run.metrics, run.metrics_chart)
     barrier(job.session.world)
     return result
 
@@ -130,7 +153,7 @@ def _open_run(job: Job, resume: bool) -> dict[str, Any] | None:
         return state
     if run.checkpoint.is_file():
         raise BadInput(f"{run.root} holds an earlier run (checkpoints/last.pt)",
-                       hint="pass --resume to continue it, or point `output` at a new folder")
+                       hint="pass --resume to continue it, --force to replace it, or point `output` at a new folder")
     if main:
         run.root.mkdir(parents=True, exist_ok=True)
         lock = {"profile": profile_json(job.profile),

@@ -24,7 +24,7 @@ from kdcli.models import load_teacher
 from kdcli.profile import Profile, PseudoSpec
 from kdcli.run import Run
 from kdcli.runtime.distributed import Session, session, shard
-from kdcli.runtime.files import atomic_write_text
+from kdcli.runtime.files import atomic_write_text, check_writable
 
 
 @dataclass
@@ -46,11 +46,13 @@ def pseudo_label(profile: Profile, input_path: Path | None = None, output: Path 
         return _pseudo_lm(profile, input_path, output, on_batch)
     if profile.task not in ("sequence-classification", "image-classification"):
         raise BadInput(f"pseudo-label needs a classification task; this profile's task is {profile.task}")
-    teacher = load_teacher(profile)
-    if teacher is None:
+    if profile.teacher is None:
         raise BadInput("pseudo-label needs a teacher: the profile has no `teacher:` section")
-    split = load_split(profile, "unlabeled", teacher, labels=False, source=input_path)
     out = Path(output) if output else Run(profile.output).pseudo_labels
+    check_writable(out)  # before the teacher labels everything
+    teacher = load_teacher(profile)
+    assert teacher is not None
+    split = load_split(profile, "unlabeled", teacher, labels=False, source=input_path)
     spec = profile.pseudo
     with session(profile.train.device) as where:  # under torchrun, each rank labels its share of the batches
         teacher.to(where.device).module.eval()

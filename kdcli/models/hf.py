@@ -239,6 +239,10 @@ def _check_folder(path: Path) -> None:
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}",
                               hint="teacher.path/student.path point at a save_pretrained folder")
+    if path.is_file():
+        raise CheckpointError(f"{path}: a folder is expected, not a file",
+                              hint=f"point at the folder save_pretrained wrote (the one holding config.json): "
+                                   f"{path.parent}")
     if not path.is_dir() or not (path / "config.json").is_file():
         raise CheckpointError(f"{path}: not a transformers checkpoint folder (no config.json)",
                               hint="save the model with model.save_pretrained(folder)")

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kdcli.onnx.latency import RUNTIME_ORDER
-from kdcli.runtime.files import sibling_tmp
+from kdcli.onnx.latency import NOISY_P90_OVER_P50, RUNTIME_ORDER
+from kdcli.runtime.files import atomic_path
 
 
-def render_markdown(report: Mapping[str, Any], parity: Mapping[str, Any] | None) -> str:
-    """report.md: latency table, speed-up lines, sizes and a parity line."""
-    rows = list(report.get("rows", []))
-    lines = ["# Latency report", "", f"CPU threads: {report.get('threads', '?')}", ""]
-    lines += _table(rows, _shape_key(rows)) + [""]
-    lines += _speedups(report.get("speedup") or {}) + [""]
-    sizes = report.get("size_bytes") or {}
+def render_markdown(report: Mapping[str, Any] | None, parity: Mapping[str, Any] | None,
+                    sizes: Mapping[str, int] | None = None) -> str:
+    """report.md: latency table (flagging noisy rows), speed-up lines, sizes and a parity line.
+    Without a latency report (export --no-latency), sizes and parity alone."""
+    if report is None:
+        lines = ["# Export report", "", "Latency: not measured (--no-latency)", ""]
+    else:
+        rows = list(report.get("rows", []))
+        lines = ["# Latency report", "", f"CPU threads: {report.get('threads', '?')}", ""]
+        lines += _table(rows, _shape_key(rows)) + [""] + _noise_note(rows)
+        lines += _speedups(report.get("speedup") or {}) + [""]
+        sizes = report.get("size_bytes") or sizes
     if sizes:
         lines += ["## Size", ""] + [f"- {name}: {_fmt_bytes(n)} ({int(n)} bytes)" for name, n in sizes.items()] + [""]
     lines += [_parity_line(parity), ""]
@@ -30,11 +34,21 @@ def _table(rows: list[Mapping[str, Any]], key: str | None) -> list[str]:
     lines = ["| " + " | ".join(head) + " |",
              "|" + "|".join(["---"] * 3 + (["---:"] if key else []) + ["---:"] * 4) + "|"]
     for r in rows:
-        cells = [str(r["model"]), str(r["runtime"]), str(r["batch_size"])] + ([str(r.get(key, ""))] if key else [])
+        model = f"{r['model']} (noisy)" if r.get("noisy") else str(r["model"])
+        cells = [model, str(r["runtime"]), str(r["batch_size"])] + ([str(r.get(key, ""))] if key else [])
         cells += [f"{float(r['p50_ms']):.3f}", f"{float(r['p90_ms']):.3f}", f"{float(r['p99_ms']):.3f}",
                   f"{float(r['samples_per_s']):.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _noise_note(rows: list[Mapping[str, Any]]) -> list[str]:
+    noisy = sum(bool(r.get("noisy")) for r in rows)
+    if not noisy:
+        return []
+    return [f"**{noisy} of {len(rows)} measurements are noisy** (p90 more than {NOISY_P90_OVER_P50:g}x p50): other "
+            "processes competed for the CPU; their numbers, and the speed-ups built on them, are not to be trusted. "
+            "Rerun the export on a quiet machine.", ""]
 
 
 def _speedups(sp: Mapping[str, Mapping[str, float]]) -> list[str]:
@@ -97,21 +111,19 @@ def plot_png(report: Mapping[str, Any], path: Path) -> Path | None:
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=styles.get(model, ":"),
                 marker=markers.get(runtime, "^"), label=f"{model} / {runtime}")
+    # Log scales: batch 1 stays readable beside batch 32, and equal ratios (speed-ups) look equal.
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
     ax.set_xlabel("batch size")
-    ax.set_ylabel("p50 latency (ms)")
+    ax.set_ylabel("p50 latency (ms, log scale)")
     ax.set_title(f"p50 latency, {report.get('threads', '?')} CPU thread(s)")
     xs = sorted({b for pts in series.values() for b, _ in pts})
     if xs:
-        ax.set_xticks(xs)
+        ax.set_xticks(xs, [str(x) for x in xs])
     ax.grid(True, alpha=0.3)
     if series:
         ax.legend()
     fig.tight_layout()
-    tmp = sibling_tmp(path, ".png")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -1,11 +1,13 @@
 """Loading a profile: read, parse safely, apply --set overrides, validate, resolve paths.
 
-Every path is relative to the profile file; overrides are applied to the raw YAML before
+Paths written in the profile are relative to the profile file, paths given with --set to the working
+directory (as every other command-line path); overrides are applied to the raw YAML before
 validation, so they are typed by the same schema.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +38,17 @@ def load_profile(path: str | Path, overrides: list[str] | None = None) -> Profil
     if not isinstance(raw, dict):
         raise ProfileError(f"{path}: a profile is a YAML mapping (name:, task:, student:, ...)",
                            hint="see profiles/ for complete examples")
+    written = copy.deepcopy(raw)
     for item in overrides or []:
         apply_override(raw, item)
     try:
         profile = Profile.model_validate(raw)
     except ValidationError as exc:
-        raise ProfileError(describe_errors(exc, path, root, raw)) from None
-    return _resolve_paths(profile, path.resolve().parent, path)
+        overridden = [item.partition("=")[0].strip() for item in overrides or []]
+        raise ProfileError(describe_errors(exc, path, root, raw, overridden)) from None
+    # Paths in the file are relative to the file; paths given on the command line (--set) to the shell's folder.
+    from_cli = {keys for keys in PATH_FIELDS if _lookup(raw, keys) != _lookup(written, keys)}
+    return _resolve_paths(profile, path.resolve().parent, path, from_cli)
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -78,8 +84,15 @@ def apply_override(raw: dict, item: str) -> None:
             raise ProfileError(f"--set {key}: {'.'.join(parts[:depth])} is a value, not a section")
 
 
-def _resolve_paths(profile: Profile, base: Path, source: Path) -> Profile:
-    """Make every path absolute against the profile's folder (data schemes like sklearn: stay as they are)."""
+def _lookup(raw: Any, keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        raw = raw.get(key) if isinstance(raw, dict) else None
+    return raw
+
+
+def _resolve_paths(profile: Profile, base: Path, source: Path, from_cli: set[tuple[str, ...]]) -> Profile:
+    """Make every path absolute: against the profile's folder, or the working directory for --set values
+    (data schemes like sklearn: stay as they are)."""
     data = profile.model_dump()
     for keys in PATH_FIELDS:
         parent = data
@@ -91,10 +104,12 @@ def _resolve_paths(profile: Profile, base: Path, source: Path) -> Profile:
         field = ".".join(keys)
         try:
             # expanduser raises RuntimeError for ~nosuchuser; resolve, OSError/RuntimeError on odd links
-            resolved = str((base / Path(value).expanduser()).resolve())
+            folder = Path.cwd() if keys in from_cli else base
+            resolved = str((folder / Path(value).expanduser()).resolve())
         except (OSError, RuntimeError, ValueError) as exc:
-            raise ProfileError(f"{source}: {field}: cannot resolve the path {str(value)[:80]!r} ({exc})",
-                               hint="write a plain path, relative to the profile's folder") from None
+            where = f"--set {field}" if keys in from_cli else f"{source}: {field}"
+            raise ProfileError(f"{where}: cannot resolve the path {str(value)[:80]!r} ({exc})",
+                               hint="write a plain path") from None
         if len(resolved.encode("utf-8", "surrogatepass")) > 4000:
             raise ProfileError(f"{source}: {field}: the path is longer than the file system allows",
                                hint="shorten it")

@@ -13,14 +13,17 @@ from kdcli.losses.specs import LOSS_SPECS
 from kdcli.profile.schema import LOSS_KINDS, Profile
 
 
-def describe_errors(exc: ValidationError, path: Path, root: yaml.Node | None, raw: Any = None) -> str:
-    """One message per error: file:line, field path, what is wrong, a hint."""
+def describe_errors(exc: ValidationError, path: Path, root: yaml.Node | None, raw: Any = None,
+                    overridden: list[str] = ()) -> str:
+    """One message per error: file:line (or the --set flag that gave the value), field path, what is wrong."""
     lines = []
     for err in exc.errors():
         loc = _field_loc(raw, err["loc"], err["type"])
         field = ".".join(printable(p) for p in loc) or "(top level)"
+        flag = next((key for key in overridden
+                     if field == key or field.startswith(key + ".") or key.startswith(field + ".")), None)
         line = _line_of(root, loc)
-        where = f"{path}:{line}" if line else str(path)
+        where = f"--set {flag}" if flag else f"{path}:{line}" if line else str(path)
         lines.append(f"{where}: {field}: {_explain(err)}")
     return "invalid profile\n" + "\n".join(f"  {line}" for line in lines)
 

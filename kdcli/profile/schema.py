@@ -42,7 +42,8 @@ class TeacherSpec(Strict):
 
 class StudentInit(Strict):
     layers: list[Annotated[int, Field(ge=0, le=100_000)]] | str | None = Field(
-        None, description="teacher layers to keep, or every-other | distilbert | first:k | last:k | uniform:k"
+        None, description="teacher layers to keep (0-based), or every-other | distilbert | first:k | last:k | "
+                    "uniform:k (k layers from first to last: uniform:3 of 6 keeps 0, 2, 5)"
     )
     drop: list[Literal["token_type_embeddings", "pooler"]] = []
     architecture: str = Field("same", description="same | distilbert (transformers); a timm arch name")
@@ -130,6 +131,8 @@ class TrainSpec(Strict):
                             description="causal-lm cache: the teacher's top-k log-probs per token, plus a tail bucket")
     noise: NoiseSpec = NoiseSpec()
     threads: int | None = Field(None, ge=1, le=1024)
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="experiment trackers fed every metrics.jsonl record")
 
 
 class ExportSpec(Strict):
