@@ -1,7 +1,7 @@
 """The command line: parse, load the profile, call one library function, print, exit.
 
-Human output goes to stderr; `--json` prints one JSON object on stdout. Exit codes: 0 done,
-1 a gate failed or the job failed at run time, 2 bad input, 130 interrupted (after saving).
+Human output goes to stderr; `--json` prints one JSON object on stdout (an error too). Exit codes: 0 done,
+1 a gate failed or the job failed at run time, 2 bad input, 130 interrupted, 143 terminated (after saving).
 """
 
 from __future__ import annotations
@@ -22,50 +22,104 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: checkpoin
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # kdcli draws its own progress, on stderr
 
-from kdcli.console import err, human_bytes, print_json, progress, table
+import kdcli
+from kdcli.console import err, forget_json, human_bytes, json_printed, print_json, table
 from kdcli.errors import BadInput, KdcliError
+from kdcli.runtime.progress import Progress
+from kdcli.runtime.signals import terminate_as_interrupt
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+EXIT_CODES = ("Exit codes: 0 done · 1 a gate failed or the job failed at run time · 2 bad input (profile, paths, "
+              "data, an unwritable output) · 130 interrupted (Ctrl-C) · 143 terminated (SIGTERM); "
+              "an interrupted distill saved a checkpoint for --resume.")
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, epilog=EXIT_CODES,
                   help="Compress model checkpoints by knowledge distillation, from one YAML profile.\n\n"
                        "Paths written in a profile are relative to the profile's folder; paths given on the command "
                        "line (options and --set values) are relative to the working directory.")
 
 ProfileArg = Annotated[Path, typer.Argument(help="The job's YAML profile.", show_default=False)]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
-    "--set", help="Override a field: --set train.lr=3e-5 (repeatable; a path is relative to the working directory).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+    "--set", help="Override a profile field, repeatable: --set train.lr=3e-5 (a path is relative to the working "
+                  "directory). Default: none.", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (the result, or the "
+                                       "error), nothing else there.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress: no bar on a terminal, no progress "
+                                        "lines in a pipe.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"kdcli {kdcli.__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                       help="Print the version and exit.")] = False) -> None:
+    """Compress model checkpoints by knowledge distillation, from one YAML profile.
+
+    Paths written in a profile are relative to the profile's folder; paths given on the command line
+    (options and --set values) are relative to the working directory."""
 
 
 def command(name: str) -> Callable:
-    """Register a subcommand whose KdcliErrors become one clear message and an exit code."""
+    """Register a subcommand whose errors become one clear message (and, with --json, one JSON object
+    on stdout) and an exit code; SIGTERM is handled as Ctrl-C."""
     def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> None:
             _quiet_libraries()
+            forget_json()
             try:
-                fn(*args, **kwargs)
+                with terminate_as_interrupt():
+                    fn(*args, **kwargs)
             except KdcliError as exc:
                 _debug_traceback()
-                # Messages hold user text (paths, "losses[hidden_mse]"): escaped, or rich eats it as markup.
-                err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, markup=True,
-                          soft_wrap=True)
-                if exc.hint:
-                    err.print(f"  hint: {exc.hint}", highlight=False, markup=False, soft_wrap=True)
-                raise typer.Exit(exc.exit_code) from None
-            except KeyboardInterrupt:
-                err.print("interrupted", style="yellow")
-                raise typer.Exit(130) from None
+                _fail(exc.message, exc.hint, exc.exit_code, kwargs)
+            except KeyboardInterrupt as exc:
+                code = getattr(exc, "exit_code", 130)
+                _fail(_stopped(name, exc, code), _resume_hint(name, exc, kwargs), code, kwargs, style="yellow")
             except (typer.Exit, SystemExit):
                 raise
             except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
                 _debug_traceback()
-                err.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc).strip()[:500])}",
-                          markup=True, highlight=False, soft_wrap=True)
-                err.print("  hint: this looks like a bug in kdcli; rerun with KDCLI_DEBUG=1 for the traceback")
-                raise typer.Exit(1) from None
-        return app.command(name)(run)
+                _fail(f"{type(exc).__name__}: {str(exc).strip()[:500]}",
+                      "this looks like a bug in kdcli; rerun with KDCLI_DEBUG=1 for the traceback", 1, kwargs)
+        return app.command(name, epilog=EXIT_CODES)(run)
     return wrap
+
+
+def _fail(message: str, hint: str | None, code: int, kwargs: dict[str, Any], style: str = "bold red") -> None:
+    """One message on stderr; with --json, the same as an object on stdout unless a result is there already."""
+    # Messages hold user text (paths, "losses[hidden_mse]"): escaped, or rich eats it as markup.
+    label = "error" if code not in (130, 143) else "stopped"
+    err.print(f"[{style}]{label}:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+    if hint:
+        err.print(f"  hint: {hint}", highlight=False, markup=False, soft_wrap=True)
+    if kwargs.get("json_") and not json_printed():
+        print_json({"error": message, "hint": hint, "exit_code": code})
+    raise typer.Exit(code) from None
+
+
+def _stopped(name: str, exc: BaseException, code: int) -> str:
+    cause = "SIGTERM" if code == 143 else "interrupted"
+    where = getattr(exc, "stopped_at", None)
+    if where is None:
+        return f"{name}: {cause}"
+    return f"{name}: {cause} at step {where.step}/{where.total} of stage {where.stage}; checkpoint saved"
+
+
+def _resume_hint(name: str, exc: BaseException, kwargs: dict[str, Any]) -> str | None:
+    """The command that continues the job: the same one, with --resume where the command has it."""
+    if name not in ("distill", "noisy-student"):
+        return "nothing was written; run the same command again"
+    words = ["kdcli", name, str(kwargs.get("profile", "PROFILE"))]
+    words += [f"--set {override}" for override in kwargs.get("set_") or []]
+    if name == "noisy-student":
+        words.append(f"--rounds {kwargs.get('rounds', 1)}")
+    if not getattr(exc, "stopped_at", None) and name == "distill" and not kwargs.get("resume"):
+        return "no step had finished: run the same command again"
+    return "resume with: " + " ".join(words + ["--resume"])
 
 
 def _debug_traceback() -> None:
@@ -114,11 +168,13 @@ def check(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False) -> N
 
 
 @command("init-student")
-def init_student_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False) -> None:
+def init_student_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False,
+                     quiet: QuietOpt = False) -> None:
     """Derive a smaller student from the teacher: kept layers copied bit for bit."""
     loaded = _load(profile, set_)
     from kdcli.commands.init_student import init_student
-    report = init_student(loaded)
+    with Progress(err, quiet) as shown:
+        report = init_student(loaded, on_event=shown.say)
     if json_:
         print_json(report.to_json())
         return
@@ -134,25 +190,27 @@ def init_student_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = 
 
 @command("distill")
 def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False,
-                resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
+                resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint "
+                                                     "(RUN/checkpoints/last.pt).")] = False,
                 force: Annotated[bool, typer.Option("--force", help="Replace an earlier run in `output` (its "
                                                     "student, checkpoints and metrics are deleted).")] = False,
                 nproc: Annotated[int, typer.Option(min=1, max=1024, help="Processes (devices) for data-parallel "
-                                                   "training, launched through torchrun.")] = 1,
+                                                   "training, launched through torchrun; 1 to 1024.")] = 1,
                 ) -> None:
-    """Train the student against the frozen teacher."""
+    """Train the student against the frozen teacher.
+
+    Ctrl-C or SIGTERM: the step in flight finishes, a checkpoint is saved, and --resume continues."""
     loaded = _load(profile, set_)  # a bad profile is one message, not one per process
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_torchrun(nproc))
     from kdcli.commands.distill import distill
     main_rank = _main_rank()
-    with progress(quiet or not main_rank) as bar:
-        task = bar.add_task("distill", total=None, info="")
+    with Progress(err, quiet or not main_rank) as shown:
+        task = shown.task("distill", "step")
 
         def on_step(record: dict) -> None:
-            bar.update(task, completed=record["step"], total=record["total_steps"],
-                       description=f"distill [{record['stage']}]",
-                       info=f"loss {record['loss']:.4f} · {record['samples_per_s']:.0f} samples/s")
+            task.update(record["step"], record["total_steps"], name=f"distill [{record['stage']}]",
+                        loss=record["loss"], samples_per_s=record["samples_per_s"])
         result = distill(loaded, resume=resume, force=force, on_step=on_step)
     if not main_rank:
         return
@@ -192,16 +250,17 @@ def _torchrun(nproc: int) -> int:
 @command("pseudo-label")
 def pseudo_label_cmd(
     profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False,
-    input_: Annotated[Optional[Path], typer.Option("--input", help="Unlabeled data (default data.unlabeled).")] = None,
-    output: Annotated[Optional[Path], typer.Option(help="labels.jsonl path (default RUN/pseudo/labels.jsonl).")] = None,
+    input_: Annotated[Optional[Path], typer.Option("--input", help="Unlabeled data. Default: data.unlabeled.",
+                                                   show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option(help="labels.jsonl path. Default: RUN/pseudo/labels.jsonl.",
+                                                   show_default=False)] = None,
 ) -> None:
     """Label unlabeled data with the teacher (Noisy Student): JSONL with label, confidence, top-k."""
     loaded = _load(profile, set_)
     from kdcli.commands.pseudo_label import pseudo_label
-    with progress(quiet or not _main_rank()) as bar:
-        task = bar.add_task("pseudo-label", total=None, info="")
-        result = pseudo_label(loaded, input_, output,
-                              on_batch=lambda done, total: bar.update(task, completed=done, total=total))
+    with Progress(err, quiet or not _main_rank()) as shown:
+        task = shown.task("pseudo-label", "batch")
+        result = pseudo_label(loaded, input_, output, on_batch=lambda done, total: task.update(done, total))
     if not _main_rank():
         return
     if json_:
@@ -215,15 +274,21 @@ def pseudo_label_cmd(
 
 @command("noisy-student")
 def noisy_student_cmd(
-    profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False,
-    rounds: Annotated[int, typer.Option(min=1, max=100, help="How many teacher -> student rounds.")] = 1,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted loop.")] = False,
+    profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False,
+    rounds: Annotated[int, typer.Option(min=1, max=100, help="How many teacher -> student rounds; 1 to 100.")] = 1,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted loop in the round it was "
+                                         "in.")] = False,
 ) -> None:
     """pseudo-label then distill, round after round; each round's student teaches the next."""
     loaded = _load(profile, set_)
     from kdcli.commands.noisy_student import noisy_student
-    result = noisy_student(loaded, rounds, resume=resume,
-                           on_event=lambda m: err.print(m, markup=False, highlight=False))
+    with Progress(err, quiet) as shown:
+        task = shown.task("noisy-student", "step")
+
+        def on_step(record: dict) -> None:
+            task.update(record["step"], record["total_steps"], name=f"distill [{record['stage']}]",
+                        loss=record["loss"], samples_per_s=record["samples_per_s"])
+        result = noisy_student(loaded, rounds, resume=resume, on_event=shown.say, on_step=on_step)
     if json_:
         print_json(result.to_json())
         return
@@ -234,22 +299,33 @@ def noisy_student_cmd(
 
 @command("evaluate")
 def evaluate_cmd(
-    profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False,
+    profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False,
     model: Annotated[str, typer.Option(help="student, teacher, a checkpoint folder or an .onnx file.")] = "student",
-    output: Annotated[Optional[Path], typer.Option(help="Where to write the report (default RUN/eval.json).")] = None,
-    min_retention: Annotated[Optional[float], typer.Option(help="Gate: exit 1 below this retention.")] = None,
-    min_metric: Annotated[Optional[float], typer.Option(help="Gate: exit 1 below this metric.")] = None,
-    max_kl: Annotated[Optional[float], typer.Option(help="Gate: exit 1 above this teacher-student KL.")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Where to write the report. Default: RUN/eval.json.",
+                                                   show_default=False)] = None,
+    min_retention: Annotated[Optional[float], typer.Option(help="Gate: exit 1 below this retention (student "
+                                                           "metric / teacher metric, a fraction). Default: off.",
+                                                           show_default=False)] = None,
+    min_metric: Annotated[Optional[float], typer.Option(help="Gate: exit 1 below this value of the task's "
+                                                        "primary metric (accuracy as a fraction, or cosine). "
+                                                        "Default: off.", show_default=False)] = None,
+    max_kl: Annotated[Optional[float], typer.Option(help="Gate: exit 1 above this teacher-student KL (nats per "
+                                                    "sample). Default: off.", show_default=False)] = None,
 ) -> None:
-    """Teacher and student side by side: accuracy, agreement, retention, size, speed; CI gates."""
+    """Teacher and student side by side: accuracy, agreement, retention, size, speed; CI gates.
+
+    Every gate given is judged; eval.json and --json list them under "gates"."""
     loaded = _load(profile, set_)
     from kdcli.commands.evaluate import Gates, check_gates, evaluate
-    report = evaluate(loaded, model, output)
+    with Progress(err, quiet or not _main_rank()) as shown:
+        tasks = {name: shown.task(f"evaluate {name}", "batch") for name in ("student", "teacher")}
+        report = evaluate(loaded, model, output, Gates(min_retention, min_metric, max_kl),
+                          on_batch=lambda name, done, total: tasks[name].update(done, total))
     if json_:
         print_json({**report.to_json(), "output_dir": str(loaded.output)})
     else:
         _print_eval(report)
-    check_gates(report, Gates(min_retention, min_metric, max_kl))
+    check_gates(report)
 
 
 def _print_eval(report: Any) -> None:  # kdcli.commands.evaluate.EvalReport
@@ -260,15 +336,23 @@ def _print_eval(report: Any) -> None:  # kdcli.commands.evaluate.EvalReport
              ["size", human_bytes(report.size_bytes["teacher"]), human_bytes(report.size_bytes["student"])],
              ["samples/s", report.samples_per_s["teacher"], report.samples_per_s["student"]]]
     err.print(table(f"evaluate: {report.model} on {report.samples} samples", ["", "teacher", "student"], rows))
+    if report.gates:
+        err.print(table("gates", ["gate", "threshold", "value", ""],
+                        [[g.name, g.threshold, g.value, "passed" if g.passed else "FAILED"] for g in report.gates]))
 
 
 @command("export")
 def export_cmd(
-    profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False,
-    student: Annotated[Optional[Path], typer.Option(help="Student folder (default RUN/student).")] = None,
-    output: Annotated[Optional[Path], typer.Option(help="Export folder (default RUN/export).")] = None,
-    atol: Annotated[Optional[float], typer.Option(min=0.0, help="Parity tolerance (default by family).")] = None,
-    quantize: Annotated[Optional[str], typer.Option(help="int8: also write a dynamically quantized model.")] = None,
+    profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False,
+    student: Annotated[Optional[Path], typer.Option(help="Student folder. Default: RUN/student.",
+                                                    show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Export folder. Default: RUN/export.",
+                                                   show_default=False)] = None,
+    atol: Annotated[Optional[float], typer.Option(min=0.0, help="Parity tolerance, absolute difference of output "
+                                                  "values. Default: export.atol, else 1e-4 (transformers) or "
+                                                  "1e-3 (timm).", show_default=False)] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="int8: also write a dynamically quantized model. "
+                                                    "Default: none.", show_default=False)] = None,
     latency: Annotated[bool, typer.Option(help="Measure teacher vs student latency.")] = True,
     latency_seconds: Annotated[float, typer.Option(min=0.0, help="Least timed seconds per latency measurement "
                                                    "(each also runs at least 10 times).")] = 0.5,
@@ -278,8 +362,9 @@ def export_cmd(
         raise BadInput(f"--quantize {quantize}: only int8 is supported", hint="use --quantize int8")
     loaded = _load(profile, set_)
     from kdcli.commands.export import export_profile, parity_gate
-    result = export_profile(loaded, student, output, atol, quantize, latency,
-                            on_event=None if json_ else lambda m: err.print(m), latency_seconds=latency_seconds)
+    with Progress(err, quiet) as shown:
+        result = export_profile(loaded, student, output, atol, quantize, latency, on_event=shown.say,
+                                latency_seconds=latency_seconds)
     if json_:
         print_json(result.to_json())
     else:

@@ -1,4 +1,4 @@
-"""Human output on stderr (rich), machine output on stdout (--json)."""
+"""Human output on stderr (rich), machine output on stdout (--json); progress is runtime/progress.py."""
 
 from __future__ import annotations
 
@@ -8,23 +8,29 @@ from collections.abc import Iterable
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 # Piped (CI logs), a line is a line: no wrapping at 80 columns that would split paths and messages.
 err = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
+_printed: list[bool] = []
+
+
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
     sys.stdout.flush()
+    _printed.append(True)
+
+
+def forget_json() -> None:
+    """A new command starts (tests run several in one process)."""
+    _printed.clear()
+
+
+def json_printed() -> bool:
+    """Whether this process printed its JSON result already (then an error adds no second object)."""
+    return bool(_printed)
 
 
 def table(title: str, columns: list[str], rows: Iterable[Iterable[Any]]) -> Table:
@@ -54,10 +60,3 @@ def human_bytes(n: int | None) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
         n /= 1024
     return str(n)
-
-
-def progress(quiet: bool = False) -> Progress:
-    """A progress bar with rate and ETA on stderr; silent under --quiet or when stderr is not a TTY."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=err, disable=quiet or not err.is_terminal, transient=False)

@@ -10,14 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdcli.data.splits import Split, to_device
+from kdcli.data.splits import Split, loader, to_device
 from kdcli.models import Adapter
 from kdcli.runtime.distributed import World, gather_rows, shard
 
 # A task's primary metric (higher is better): what decides student-best, what --min-metric gates.
 # (section of the report, key): the task metric where there are labels, agreement with the teacher otherwise.
 PRIMARY = {"sequence-classification": ("metrics", "accuracy"), "image-classification": ("metrics", "accuracy"),
-           "embedding": ("agreement", "cosine_to_teacher"), "masked-lm": ("agreement", "top1")}
+           "embedding": ("agreement", "cosine_to_teacher"), "masked-lm": ("agreement", "top1"),
+           "causal-lm": ("agreement", "top1")}
 
 Forward = Callable[[dict[str, Tensor]], Tensor]
 
@@ -33,19 +34,21 @@ def outputs_of(model: Adapter, task: str) -> Forward:
 
 
 @torch.inference_mode()
-def collect(forward: Forward, split: Split, batch_size: int, device: torch.device, world: World = World()
-            ) -> tuple[Tensor, Tensor | None]:
+def collect(forward: Forward, split: Split, batch_size: int, device: torch.device, world: World = World(),
+            on_batch: Callable[[int, int], None] | None = None) -> tuple[Tensor, Tensor | None]:
     """Run a model over a split; return its outputs [N, ...] (float32, CPU) and the labels, in the split's
     order. Under torchrun each rank runs its share of the batches and every rank gets all rows."""
     outs, labels, index = [], [], []
-    for indices in shard(world, split.order(batch_size, shuffle=False)):
-        batch = split.collate(indices)
+    batches = shard(world, split.order(batch_size, shuffle=False))
+    for done, (indices, batch) in enumerate(zip(batches, loader(split, batches, device)), 1):
         labels.append(batch.get("labels"))
         index.append(torch.as_tensor(indices))
         out = forward(to_device(batch, device)).float().cpu()
         if out.dim() == 3:  # per-token logits: keep the first token, enough for agreement statistics
             out = out[:, 0]
         outs.append(out)
+        if on_batch:
+            on_batch(done, len(batches))
     have_labels = bool(labels) and all(lab is not None for lab in labels)
     empty = torch.empty(0)  # a rank with no batch (more ranks than batches) still joins the gather
     return gather_rows(world, torch.cat(index) if index else empty.long(), torch.cat(outs) if outs else empty,
@@ -116,6 +119,11 @@ def primary_metric(task: str, metrics: dict[str, float], agreement: dict[str, fl
 def evaluate_pair(student: Adapter, teacher: Adapter | None, split: Split, task: str, batch_size: int,
                   device: torch.device, teacher_outputs: Tensor | None = None) -> PairMetrics:
     """The metrics used during training: the student's task metric and its agreement with the teacher."""
+    if task == "causal-lm":  # per-token logits, streamed: the teacher runs beside the student
+        from kdcli.lm_metrics import evaluate_lm
+        lm = evaluate_lm(outputs_of(student, task), outputs_of(teacher, task) if teacher else None, split,
+                         batch_size, device)
+        return PairMetrics(lm.student, lm.agreement)
     s_out, labels = collect(outputs_of(student, task), split, batch_size, device)
     result = PairMetrics(task_metrics(s_out, labels))
     if teacher is not None or teacher_outputs is not None:

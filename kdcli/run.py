@@ -35,6 +35,10 @@ class Run:
         return self.root / "metrics.jsonl"
 
     @property
+    def metrics_chart(self) -> Path:
+        return self.root / "metrics.png"
+
+    @property
     def eval_report(self) -> Path:
         return self.root / "eval.json"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -59,6 +60,13 @@ def _save(model: torch.nn.Module, folder: Path, seed: int) -> Path:
     model.save_pretrained(folder)
     write_tokenizer(folder)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _in_its_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own folder: a relative path given on the command line (--set output=x)
+    lands there, never in the checkout."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture()
@@ -155,3 +163,80 @@ def write_profile(tmp_path: Path) -> Callable[..., Path]:
         path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
         return path
     return write
+
+
+# --- causal LMs: tiny random Llama / Qwen2 / GPT-2 sharing one word-level tokenizer with a chat template ---
+
+LM_SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>"]
+LM_VOCAB = 64
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def lm_tokenizer(vocab_size: int = LM_VOCAB, extra: list[str] | None = None) -> Any:
+    """Byte-level BPE over single characters (no merges): transformers' model-specific tokenizer classes
+    (Qwen2Tokenizer rebuilds from vocab and merges) read it back the same. BOS prepended, a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    chars = LM_SPECIAL + (extra or []) + ["Ġ"] + [chr(i) for i in range(97, 123)]
+    chars += [f"<x{i}>" for i in range(vocab_size - len(chars))]
+    tok = Tokenizer(models.BPE({c: i for i, c in enumerate(chars[:vocab_size])}, [], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", additional_special_tokens=LM_SPECIAL[4:])
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_lm_config(family: str, layers: int = 4, vocab_size: int = LM_VOCAB, **extra: Any) -> Any:
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+    ids = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    if family == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=layers, n_head=2, n_positions=128, **ids, **extra)
+    common = {"vocab_size": vocab_size, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": layers,
+              "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 128, **ids}
+    if family == "llama":
+        return LlamaConfig(**{**common, "tie_word_embeddings": True, **extra})
+    return Qwen2Config(**{**common, "tie_word_embeddings": False, **extra})
+
+
+def save_tiny_lm(folder: Path, family: str, seed: int = 0, layers: int = 4, vocab_size: int = LM_VOCAB,
+                 tokenizer_vocab: int = LM_VOCAB) -> Path:
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_lm_config(family, layers, vocab_size))
+    model.save_pretrained(folder)
+    lm_tokenizer(tokenizer_vocab).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_lms(models_dir: Path) -> dict[str, Path]:
+    """family -> a 4-layer random causal LM folder (Llama with tied embeddings, Qwen2 and GPT-2)."""
+    return {family: save_tiny_lm(models_dir / f"lm-{family}", family) for family in ("llama", "qwen2", "gpt2")}
+
+
+def write_lm_data(folder: Path) -> dict[str, Path]:
+    """train.txt (documents), pairs.jsonl (prompt/completion), chat.jsonl (messages), prompts.txt."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+
+    def sentence(n: int) -> str:
+        return " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (n,), generator=gen))
+    docs = [sentence(2 + i % 5) for i in range(24)]
+    (folder / "train.txt").write_text("\n".join(docs) + "\n")
+    pairs = [{"prompt": sentence(1 + i % 3), "completion": " " + sentence(1 + i % 3)} for i in range(16)]
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    chats = [{"messages": [{"role": "user", "content": sentence(2)}, {"role": "assistant", "content": sentence(2)}]}
+             for _ in range(8)]
+    (folder / "chat.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
+    (folder / "prompts.txt").write_text("\n".join(sentence(2) for _ in range(6)) + "\n")
+    return {"train": folder / "train.txt", "pairs": folder / "pairs.jsonl", "chat": folder / "chat.jsonl",
+            "prompts": folder / "prompts.txt"}
+
+
+@pytest.fixture()
+def lm_data(tmp_path: Path) -> dict[str, Path]:
+    return write_lm_data(tmp_path / "lm-data")

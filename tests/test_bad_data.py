@@ -100,7 +100,7 @@ TEXT_CASES = {
     "jsonl label is a list": ("train.jsonl", b'{"sentence": "the film", "label": [0]}\n' * 3,
                               [": unknown label '[0]' (line 1)"]),
     "binary file": ("train.tsv", bytes(range(256)) * 8, [", line 2: not valid UTF-8 (byte 0x80)"]),
-    "unsupported suffix": ("train.parquet", b"PAR1", [": unsupported text file type '.parquet'"]),
+    "unsupported suffix": ("train.xlsx", b"PK\x03\x04", [": unsupported text file type '.xlsx'"]),
 }
 
 

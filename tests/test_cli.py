@@ -54,12 +54,14 @@ def run(kd: CliRunner, *args: str, env: dict | None = None):
 
 
 def assert_bad_input(result, *needles: str) -> str:
-    """Exit 2, one error message (and at most one hint), nothing on stdout, no traceback."""
+    """Exit 2, one error message (and at most one hint) after any progress lines, nothing on stdout,
+    no traceback."""
     assert result.exit_code == 2, result.output
     assert result.stdout == ""
     assert "Traceback" not in result.output
     lines = result.stderr.splitlines()
-    assert lines[0].startswith("error: ") and sum(line.startswith("error:") for line in lines) == 1
+    first = next(i for i, line in enumerate(lines) if line.startswith("error: "))
+    assert sum(line.startswith("error:") for line in lines) == 1 and first >= len(lines) - 2
     assert sum(line.startswith("  hint:") for line in lines) <= 1
     for needle in needles:
         assert needle in result.stderr, result.stderr
@@ -127,7 +129,7 @@ def test_wrong_layer_map_at_distill_names_both_depths(kd, job, tmp_path):
 
 
 def test_debug_env_shows_the_traceback(kd, job):
-    args = ("init-student", job, "--set", "teacher.path=gone")
+    args = ("init-student", job, "--quiet", "--set", "teacher.path=gone")
     plain = run(kd, *args)
     debug = run(kd, *args, env={"KDCLI_DEBUG": "1"})
     assert plain.exit_code == debug.exit_code == 2

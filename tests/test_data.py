@@ -160,8 +160,8 @@ def test_non_utf8_names_the_line(tmp_path: Path) -> None:
 
 
 def test_unsupported_suffix(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"d\.parquet: unsupported"):
-        data.read_text(_write(tmp_path / "d.parquet", "x"))
+    with pytest.raises(DataError, match=r"d\.xlsx: unsupported"):
+        data.read_text(_write(tmp_path / "d.xlsx", "x"))
 
 
 # ---------------------------------------------------------------- tokenize and collate
@@ -335,3 +335,22 @@ def test_split_indices_deterministic_and_disjoint() -> None:
     assert len(data.split_indices(3, 0.01, 0)[1]) == 1
     with pytest.raises(DataError):
         data.split_indices(10, 1.5, 0)
+
+
+def test_an_image_folder_decodes_per_batch_to_the_eager_pixels(tmp_path: Path) -> None:
+    """Lazy reading (splits of an image folder) gives the very pixels the eager reader gives."""
+    from PIL import Image
+
+    from kdcli.data.images import ImageFiles, scan_image_folder
+    rng = np.random.default_rng(1)
+    for label in ("cat", "dog"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / label / f"{i}.png")
+    eager = data.read_images(tmp_path, image_size=16)
+    files, labels, names, _ = scan_image_folder(tmp_path, 3, 16)
+    lazy = ImageFiles(files, 3, 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    expected = data.normalize_images(eager.images, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    torch.testing.assert_close(lazy[torch.tensor([4, 0])], expected[[4, 0]], atol=0, rtol=0)
+    torch.testing.assert_close(lazy.take([5, 1])[[0, 1]], expected[[5, 1]], atol=0, rtol=0)
+    assert torch.equal(labels, eager.labels) and names == ["cat", "dog"]

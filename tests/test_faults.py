@@ -267,6 +267,39 @@ def test_kill_9_at_three_points_then_resume_matches_an_uninterrupted_run(referen
     print(f"\nkill -9: {tally}")
 
 
+def test_sigterm_saves_then_resume_matches_an_uninterrupted_run(reference):
+    """How CI runners and Kubernetes cancel a job: SIGTERM mid-run. The step finishes, a checkpoint is
+    saved, one line names the step and the resume command, exit 143; --resume ends with the same student.
+    stderr is a pipe (as in a CI log): progress comes as plain lines, read back here."""
+    profile, expected = reference
+    profile = fresh(profile, "sigterm")
+    run = profile.parent / "sigterm"
+    process = subprocess.Popen([sys.executable, "-m", "kdcli", "distill", str(profile)],
+                               env={**environment(), "KDCLI_DEBUG": "0"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    begun = time.monotonic()
+    while new_steps(run / "metrics.jsonl", 0) < 5:
+        assert process.poll() is None and time.monotonic() - begun < 120, process.communicate()
+        time.sleep(0.005)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert stdout == "" and "Traceback" not in stderr
+    step = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert 5 <= step < STEPS
+    lines = stderr.splitlines()
+    assert f"stopped: distill: SIGTERM at step {step}/{STEPS} of stage distill; checkpoint saved" in lines, stderr
+    assert f"  hint: resume with: kdcli distill {profile} --resume" in lines, stderr
+    progress = [line for line in lines if line.startswith("distill [distill] step ")]
+    assert progress[0].startswith(f"distill [distill] step 1/{STEPS} (5%) · loss ")
+    assert all(" samples/s · elapsed " in line for line in progress), progress
+    assert "ETA " in progress[-1]
+    resumed = subprocess.run(command(profile, "--resume"), env=environment(), capture_output=True, text=True,
+                             timeout=300, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_student(run, expected)
+
+
 @pytest.mark.slow
 def test_kill_9_at_many_points_then_resume_matches_an_uninterrupted_run(tmp_path, bert_cls):
     profile, expected = make_reference(tmp_path, bert_cls, 48)  # 8 epochs: room for a dozen kills
@@ -491,9 +524,9 @@ def test_every_writer_turns_a_full_disk_into_one_message(tmp_path):
     assert done.returncode == 0, done.stderr
     hint = "free some disk space (or rai"
     assert done.stdout.splitlines() == [
-        f"text 1 cannot write {tmp_path / 'big.json'}: File too large | {hint}",
-        f"jsonl 1 cannot write {tmp_path / 'metrics.jsonl'}: File too large | {hint}",
-        f"folder 1 cannot write {tmp_path / 'student'}: File too large | {hint}",
+        f"text 2 cannot write {tmp_path / 'big.json'}: File too large | {hint}",
+        f"jsonl 2 cannot write {tmp_path / 'metrics.jsonl'}: File too large | {hint}",
+        f"folder 2 cannot write {tmp_path / 'student'}: File too large | {hint}",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # no temporaries; jsonl: empty
     assert (tmp_path / "metrics.jsonl").read_text() == ""

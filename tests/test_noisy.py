@@ -91,7 +91,10 @@ def interrupt_round(monkeypatch: pytest.MonkeyPatch, folder_name: str, at_step: 
         if profile.output.name != folder_name:
             return distill(profile, **kwargs)
 
+        shown = kwargs.pop("on_step", None) or (lambda record: None)  # the CLI's progress
+
         def stop(record: dict) -> None:
+            shown(record)
             if record["step"] == at_step:
                 raise KeyboardInterrupt
         return distill(profile, on_step=stop, **kwargs)
@@ -101,11 +104,14 @@ def interrupt_round(monkeypatch: pytest.MonkeyPatch, folder_name: str, at_step: 
 def test_cli_interrupted_loop_resumes_in_its_round_and_matches_an_uninterrupted_one(text_loop, monkeypatch):
     full = runner.invoke(app, ["noisy-student", str(text_loop), "--rounds", "2", "--set", f"output={text_loop.parent / 'full'}", "--json"])
     assert full.exit_code == 0, full.output
+    # stderr is a pipe: each round's training shows progress lines, counted from its own step 1
+    assert full.stderr.count("distill [distill] step 1/") == 2, full.stderr
 
     with monkeypatch.context() as patch:
         interrupt_round(patch, "round-2", at_step=2)
         stopped = runner.invoke(app, ["noisy-student", str(text_loop), "--rounds", "2"])
     assert stopped.exit_code == 130 and "interrupted" in stopped.stderr
+    assert f"resume with: kdcli noisy-student {text_loop} --rounds 2 --resume" in stopped.stderr
     out = text_loop.parent / "loop"
     state = json.loads((out / "noisy-student.json").read_text())
     assert [r["round"] for r in state["rounds"]] == [1]  # round 1 finished, round 2 was running

@@ -75,6 +75,10 @@ def _probe(model: Adapter) -> ModelProbe:
 
 def _check_heads(profile: Profile, student: Adapter, teacher: Adapter | None) -> None:
     """Response losses compare logits class by class: both heads must have the same classes."""
+    if profile.task == "causal-lm" and teacher is not None:  # next-token logits: the same vocabulary
+        from kdcli.models.causal_lm import shared_vocab
+        shared_vocab(teacher, student)  # type: ignore[arg-type]
+        return
     response = {"hinton", "dkd"} & {loss.kind for loss in profile.loss_specs()}
     if teacher is None or not response or student.num_labels == teacher.num_labels:
         return

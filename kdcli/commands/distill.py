@@ -13,19 +13,22 @@ import yaml
 import kdcli
 from kdcli.data import check_train_labels
 from kdcli.data.pseudo import pseudo_split
-from kdcli.data.splits import train_and_eval, transfer_split
+from kdcli.data.splits import concat, load_split, train_and_eval, transfer_split
 from kdcli.errors import BadInput
 from kdcli.metrics import collect, outputs_of
 from kdcli.models import load_student, load_teacher
+from kdcli.models.causal_lm import align_vocab
 from kdcli.profile import Profile, profile_json
 from kdcli.run import Run
 from kdcli.runtime.distributed import Session, barrier, session
-from kdcli.runtime.files import append_jsonl, atomic_write_text, empty_folder
+from kdcli.runtime.files import atomic_write_text, check_writable, empty_folder
 from kdcli.runtime.lock import LOCK_NAME, run_lock
 from kdcli.train.checkpoint import load_checkpoint, save_checkpoint
 from kdcli.train.loop import Job, OnStep, new_state, steps_of, train_stage
 from kdcli.train.schedule import seed_everything
 from kdcli.train.state import stage_done
+from kdcli.train.tracking import open_tracker, plot_metrics
+from kdcli.train.tracking import require as require_trackers
 
 
 @dataclass
@@ -50,6 +53,8 @@ def distill(profile: Profile, *, resume: bool = False, force: bool = False,
         raise BadInput("--resume continues the run in `output`, --force replaces it: pass one of them")
     # One run per output folder: a second distill there refuses (exit 2) instead of overwriting this one.
     # Rank 0 alone holds the lock under torchrun: the other ranks write nothing.
+    require_trackers(profile.train.report_to)  # a missing extra, an unwritable folder: before any model loads
+    check_writable(profile.output)
     with session(profile.train.device) as where, run_lock(profile.output) if where.main else nullcontext():
         if force and where.main:
             empty_folder(profile.output, keep={LOCK_NAME})
@@ -60,6 +65,17 @@ def distill(profile: Profile, *, resume: bool = False, force: bool = False,
 def _distill(profile: Profile, where: Session, resume: bool, on_step: OnStep | None) -> DistillResult:
     job = _prepare(profile, where)
     resumed = _open_run(job, resume)
+    if where.main:
+        job.tracker = open_tracker(profile.train.report_to, job.run.root, profile.name, profile_json(profile))
+    try:
+        return _train(job, resumed, on_step)
+    finally:
+        if job.tracker is not None:
+            job.tracker.close()
+
+
+def _train(job: Job, resumed: dict[str, Any] | None, on_step: OnStep | None) -> DistillResult:
+    profile, where = job.profile, job.session
     best = resumed["best"] if resumed else None
     for index, stage in enumerate(profile.stages()):
         if resumed and index < resumed["stage"]:
@@ -94,15 +110,20 @@ def _prepare(profile: Profile, where: Session) -> Job:
         student.module.compile()  # in place: parameter names (and so checkpoints) stay as they are
     reader = teacher or student
     train, evalset = train_and_eval(profile, reader)
-    label_loss = next((s.kind for s in profile.loss_specs() if s.uses_labels), None)
-    check_train_labels(train, str(profile.data.train or profile.data.transfer), num_classes=reader.num_labels,
-                       needed_by=label_loss, label_column=profile.data.label_column)
+    causal = profile.task == "causal-lm"
+    if causal:  # next-token labels come from the text itself; the teacher's completions join the training set
+        align_vocab(teacher, student)
+        train = concat(train, load_split(profile, "pseudo", reader)) if profile.data.pseudo else train
+    else:
+        label_loss = next((s.kind for s in profile.loss_specs() if s.uses_labels), None)
+        check_train_labels(train, str(profile.data.train or profile.data.transfer), num_classes=reader.num_labels,
+                           needed_by=label_loss, label_column=profile.data.label_column)
     if profile.data.transfer and not any(s.teacher_needs and not s.uses_labels for s in profile.loss_specs()):
         raise BadInput("data.transfer: no loss learns from the teacher without labels, so the student learns "
                        "nothing there", hint="add hinton, hidden_mse or another teacher loss, or drop data.transfer")
-    pseudo = pseudo_split(profile, reader) if profile.data.pseudo else None
+    pseudo = pseudo_split(profile, reader) if profile.data.pseudo and not causal else None
     teacher_eval = None
-    if where.main and teacher is not None and evalset is not None:  # the teacher never changes: once
+    if where.main and teacher is not None and evalset is not None and not causal:  # the teacher never changes
         teacher_eval = collect(outputs_of(teacher, profile.task), evalset, cfg.batch_size, device)[0]
     return Job(profile, Run(profile.output), where, student, teacher, reader, train, evalset, pseudo, teacher_eval,
                transfer_split(profile, reader))
@@ -118,7 +139,8 @@ def _finish(job: Job, best: float | None) -> DistillResult:
     if job.session.main:
         job.student.save(run.student)
         result.eval = job.evaluate().to_json() if job.evalset is not None else {}
-        append_jsonl(run.metrics, {"final": True, "eval": result.eval})
+        job.log({"final": True, "eval": result.eval})
+        plot_metrics(run.metrics, run.metrics_chart)
     barrier(job.session.world)
     return result
 

@@ -6,6 +6,7 @@ What ships is what is measured: `--model` may name an exported `.onnx`, run thro
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ from kdcli.models import Adapter, dir_size, load_student, load_teacher, mean_poo
 from kdcli.profile import Profile
 from kdcli.run import Run
 from kdcli.runtime.distributed import Session, session
-from kdcli.runtime.files import atomic_write_json
+from kdcli.runtime.files import atomic_write_json, check_writable
+
+OnBatch = Callable[[str, int, int], None]  # (model, batches done, batches in all)
 
 
 @dataclass
@@ -29,6 +32,22 @@ class Gates:
     min_retention: float | None = None
     min_metric: float | None = None
     max_kl: float | None = None
+
+
+@dataclass
+class GateResult:
+    """One CI gate as eval.json reports it; `value` is None when the evaluation has no such number."""
+
+    name: str          # the flag: --min-retention, --min-metric, --max-kl
+    threshold: float
+    value: float | None
+    passed: bool
+    measures: str      # what value is: retention, accuracy, kl, ...
+
+    def failure(self) -> str:
+        if self.value is None:
+            return f"gate {self.name} {self.threshold}: this evaluation has no {self.measures}"
+        return f"gate {self.name} {self.threshold} failed: {self.measures} is {self.value:.4f}"
 
 
 @dataclass
@@ -45,6 +64,7 @@ class EvalReport:
     params: dict[str, int | None] = field(default_factory=dict)
     size_bytes: dict[str, int | None] = field(default_factory=dict)
     samples_per_s: dict[str, float | None] = field(default_factory=dict)
+    gates: list[GateResult] = field(default_factory=list)
 
     def primary(self) -> tuple[str, float | None]:
         return primary_metric(self.task, self.metrics, self.agreement)
@@ -53,53 +73,90 @@ class EvalReport:
         return asdict(self)
 
 
-def evaluate(profile: Profile, model: str = "student", output: Path | None = None) -> EvalReport:
-    """Judge the chosen model against the teacher; write eval.json to the run folder (or `output`)."""
+def evaluate(profile: Profile, model: str = "student", output: Path | None = None, gates: Gates | None = None,
+             on_batch: OnBatch | None = None) -> EvalReport:
+    """Judge the chosen model against the teacher, and the gates on it; write eval.json to the run folder
+    (or `output`). `on_batch(model, done, total)` follows the progress."""
+    destination = Path(output) if output else Run(profile.output).eval_report
+    check_writable(destination)  # before the evaluation, not after it
     with session(profile.train.device) as where:  # under torchrun, each rank evaluates its share
         teacher = load_teacher(profile)
         if teacher is not None:
             teacher.to(where.device)
         split = _eval_split(profile, teacher or load_student(profile))
-        batch_size = profile.train.batch_size
         forward, params, size, name = _candidate(profile, model, teacher, where.device)
-        s_out, labels, s_rate = _timed(forward, split, batch_size, where)
-        report = EvalReport(model=name, task=profile.task, samples=split.size, metrics=task_metrics(s_out, labels),
-                            params={"student": params, "teacher": None},
-                            size_bytes={"student": size, "teacher": None},
-                            samples_per_s={"student": s_rate, "teacher": None})
-        if teacher is not None:
-            t_out, _, t_rate = _timed(outputs_of(teacher, profile.task), split, batch_size, where)
-            report.teacher_metrics = task_metrics(t_out, labels)
-            report.agreement = agreement(s_out, t_out, profile.task)
-            report.params["teacher"] = teacher.param_count()
-            report.size_bytes["teacher"] = dir_size(teacher.path) if teacher.path else None
-            report.samples_per_s["teacher"] = t_rate
-            report.retention = _retention(report)
+        if profile.task == "causal-lm":
+            report = _evaluate_lm(profile, split, forward, teacher, where)
+        else:
+            report = _evaluate_outputs(profile, split, forward, teacher, where, on_batch)
+        report.model, report.params["student"], report.size_bytes["student"] = name, params, size
+        report.gates = judge(report, gates or Gates())
         if where.main:
-            atomic_write_json(Path(output) if output else Run(profile.output).eval_report, report.to_json())
+            atomic_write_json(destination, report.to_json())
     return report
 
 
-def check_gates(report: EvalReport, gates: Gates) -> None:
-    """Raise GateFailed naming the first unmet gate and both numbers."""
+def _evaluate_outputs(profile: Profile, split: Split, forward: Forward, teacher: Adapter | None, where: Session,
+                      on_batch: OnBatch | None) -> EvalReport:
+    """Whole-output tasks: each model over the split, then task metrics and agreement on the collected outputs."""
+    batch_size = profile.train.batch_size
+    s_out, labels, s_rate = _timed(forward, split, batch_size, where, _follow(on_batch, "student"))
+    report = EvalReport(model="", task=profile.task, samples=split.size, metrics=task_metrics(s_out, labels),
+                        params={"student": None, "teacher": None}, size_bytes={"student": None, "teacher": None},
+                        samples_per_s={"student": s_rate, "teacher": None})
+    if teacher is not None:
+        t_out, _, t_rate = _timed(outputs_of(teacher, profile.task), split, batch_size, where,
+                                  _follow(on_batch, "teacher"))
+        report.teacher_metrics = task_metrics(t_out, labels)
+        report.agreement = agreement(s_out, t_out, profile.task)
+        report.params["teacher"] = teacher.param_count()
+        report.size_bytes["teacher"] = dir_size(teacher.path) if teacher.path else None
+        report.samples_per_s["teacher"] = t_rate
+        report.retention = _retention(report)
+    return report
+
+
+def _evaluate_lm(profile: Profile, split: Split, forward: Forward, teacher: Adapter | None, where: Session
+                 ) -> EvalReport:
+    """Perplexity (token-weighted), next-token top-1 agreement and mean KL. The models run interleaved, batch
+    by batch, so speed is export's to measure (prefill tokens/s in latency.json)."""
+    from kdcli.lm_metrics import evaluate_lm, lm_retention
+    t_forward = outputs_of(teacher, profile.task) if teacher is not None else None
+    lm = evaluate_lm(forward, t_forward, split, profile.train.batch_size, where.device, where.world)
+    return EvalReport(model="", task=profile.task, samples=split.size, metrics=lm.student,
+                      teacher_metrics=lm.teacher, agreement=lm.agreement,
+                      retention=lm_retention(lm.student, lm.teacher),
+                      params={"student": None, "teacher": teacher.param_count() if teacher else None},
+                      size_bytes={"student": None, "teacher": dir_size(teacher.path) if teacher else None},
+                      samples_per_s={"student": None, "teacher": None})
+
+
+def judge(report: EvalReport, gates: Gates) -> list[GateResult]:
+    """Every gate that was set, each passed or not: all of them, not the first that fails."""
     metric_name, metric = report.primary()
     checks = [
         ("--min-retention", gates.min_retention, report.retention, "retention", lambda v, g: v >= g),
-        ("--min-metric", gates.min_metric, metric, metric_name, lambda v, g: v >= g),
+        ("--min-metric", gates.min_metric, metric, metric_name or "metric", lambda v, g: v >= g),
         ("--max-kl", gates.max_kl, report.agreement.get("kl"), "kl", lambda v, g: v <= g),
     ]
-    for flag, gate, value, label, ok in checks:
-        if gate is None:
-            continue
-        if value is None:
-            raise GateFailed(f"gate {flag} {gate}: this evaluation has no {label}",
-                             hint="retention and kl need a teacher; the metric needs labels")
-        if not ok(value, gate):
-            raise GateFailed(f"gate {flag} {gate} failed: {label} is {value:.4f}")
+    return [GateResult(flag, gate, value, value is not None and ok(value, gate), label)
+            for flag, gate, value, label, ok in checks if gate is not None]
+
+
+def check_gates(report: EvalReport) -> None:
+    """Raise GateFailed naming every unmet gate with its threshold and value."""
+    failed = [gate for gate in report.gates if not gate.passed]
+    if not failed:
+        return
+    hint = ("retention and kl need a teacher; the metric needs labels"
+            if any(gate.value is None for gate in failed) else "eval.json lists every gate under \"gates\"")
+    prefix = f"{len(failed)} of {len(report.gates)} gates failed: " if len(failed) > 1 else ""
+    raise GateFailed(prefix + "; ".join(gate.failure() for gate in failed), hint=hint)
 
 
 def _retention(report: EvalReport) -> float | None:
-    """Student metric / teacher metric; for embeddings, the cosine to the teacher (the teacher's is 1)."""
+    """Student metric / teacher metric; for embeddings, the cosine to the teacher (the teacher's is 1).
+    Causal LMs: teacher perplexity / student perplexity (kdcli/lm_metrics.py)."""
     if report.task == "embedding":
         return report.agreement.get("cosine_to_teacher")
     s, t = report.metrics.get("accuracy"), report.teacher_metrics.get("accuracy")
@@ -152,7 +209,12 @@ def onnx_forward(path: Path, task: str) -> Forward:
     return run
 
 
-def _timed(forward: Forward, split: Split, batch_size: int, where: Session) -> tuple[Tensor, Tensor | None, float]:
+def _follow(on_batch: OnBatch | None, model: str) -> Callable[[int, int], None] | None:
+    return (lambda done, total: on_batch(model, done, total)) if on_batch else None
+
+
+def _timed(forward: Forward, split: Split, batch_size: int, where: Session,
+           on_batch: Callable[[int, int], None] | None = None) -> tuple[Tensor, Tensor | None, float]:
     start = time.perf_counter()
-    out, labels = collect(forward, split, batch_size, where.device, where.world)
+    out, labels = collect(forward, split, batch_size, where.device, where.world, on_batch)
     return out, labels, split.size / max(time.perf_counter() - start, 1e-9)

@@ -27,7 +27,7 @@ from kdcli.onnx.quantize import quantize_int8
 from kdcli.onnx.report import plot_png, render_markdown
 from kdcli.profile import Profile
 from kdcli.run import Run
-from kdcli.runtime.files import atomic_write_json, atomic_write_text
+from kdcli.runtime.files import atomic_write_json, atomic_write_text, check_writable
 
 
 @dataclass
@@ -74,6 +74,7 @@ def export_profile(profile: Profile, student_dir: Path | None = None, output: Pa
     if not student_dir.exists():
         raise BadInput(f"no student at {student_dir}", hint="run kdcli distill first, or pass --student DIR")
     out = Path(output or run.export)
+    check_writable(out)  # before the export and the latency runs, not after them
     student = load_student(profile, student_dir)
     student.module.eval()
     view = student.exportable()
@@ -90,6 +91,7 @@ def export_profile(profile: Profile, student_dir: Path | None = None, output: Pa
     atomic_write_json(out / "parity.json", parity.to_json())
     result = ExportResult(output_dir=out, onnx=onnx_path, parity=parity, size_bytes={"onnx": dir_size(onnx_path)})
     if quantize == "int8":
+        say("quantizing to int8 and checking its parity")
         result.int8 = _int8(view, onnx_path, out, batches, tolerance)
     if latency:
         say("measuring latency: teacher vs student, PyTorch vs onnxruntime")

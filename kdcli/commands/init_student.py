@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kdcli.errors import BadInput
 from kdcli.models import Adapter, dir_size, load_teacher
+from kdcli.models.causal_lm import shrink_decoder
 from kdcli.models.hf import HFAdapter
 from kdcli.models.shrink import shrink_timm, shrink_transformer
 from kdcli.models.timm import TimmAdapter, create
 from kdcli.profile import Profile
+from kdcli.runtime.files import check_writable
 
 
 @dataclass
@@ -27,18 +30,25 @@ class InitReport:
         return asdict(self)
 
 
-def init_student(profile: Profile) -> InitReport:
+def init_student(profile: Profile, on_event: Callable[[str], None] | None = None) -> InitReport:
     """Build the student the profile describes from its teacher and save it to student.path."""
+    say = on_event or (lambda message: None)
     init = profile.student.init
+    out = profile.student.path
+    check_writable(out)
     if profile.teacher is None:
         return _fresh_student(profile)
+    say(f"init-student: loading the teacher from {profile.teacher.path}")
     teacher = load_teacher(profile)
     assert teacher is not None
-    if isinstance(teacher, HFAdapter):
+    say("init-student: copying the kept weights")
+    if isinstance(teacher, HFAdapter) and profile.task == "causal-lm":
+        student, layers, copied = shrink_decoder(teacher, init)
+    elif isinstance(teacher, HFAdapter):
         student, layers, copied = shrink_transformer(teacher, init, profile.task)
     else:
         student, layers, copied = shrink_timm(teacher, init)
-    out = profile.student.path
+    say(f"init-student: saving the student to {out}")
     student.save(out)
     return InitReport(
         teacher=_describe(teacher, teacher.path), student=_describe(student, out), layer_map=layers,

@@ -23,7 +23,8 @@ from kdcli.commands.pseudo_label import pseudo_label
 from kdcli.errors import BadInput
 from kdcli.profile import Profile
 from kdcli.run import Run
-from kdcli.runtime.files import atomic_write_json
+from kdcli.runtime.files import atomic_write_json, check_writable
+from kdcli.train.loop import OnStep
 
 
 @dataclass
@@ -36,13 +37,15 @@ class NoisyStudentResult:
 
 
 def noisy_student(profile: Profile, rounds: int, *, resume: bool = False,
-                  on_event: Callable[[str], None] | None = None) -> NoisyStudentResult:
+                  on_event: Callable[[str], None] | None = None, on_step: OnStep | None = None
+                  ) -> NoisyStudentResult:
     """Run `rounds` rounds; return every round's metrics."""
     if profile.teacher is None:
         raise BadInput("noisy-student needs a first teacher (`teacher:`)",
                        hint="train one from labels first with a [ce] profile")
     if not profile.data.unlabeled:
         raise BadInput("noisy-student needs data.unlabeled", hint="add data.unlabeled: PATH")
+    check_writable(profile.output)
     run = Run(profile.output)
     state_file = run.noisy_state
     state = (_read_json(state_file) or {"rounds": []}) if resume else {"rounds": []}
@@ -65,7 +68,7 @@ def noisy_student(profile: Profile, rounds: int, *, resume: bool = False,
             torch.manual_seed(profile.train.seed)
             init_student(_round_profile(profile, profile.teacher.path, folder))
         _say(on_event, f"round {r}: training the noised student")
-        summary = distill(_without_teacher_losses(round_profile), resume=resuming)
+        summary = distill(_without_teacher_losses(round_profile), resume=resuming, on_step=on_step)
         pseudo = _read_json(folder.pseudo_summary) or {}
         state["rounds"].append({"round": r, "teacher": str(teacher_path), "student": summary.student,
                                 "pseudo": {k: pseudo.get(k) for k in ("total", "kept_samples", "kept")},

@@ -24,7 +24,7 @@ from kdcli.models import load_teacher
 from kdcli.profile import Profile, PseudoSpec
 from kdcli.run import Run
 from kdcli.runtime.distributed import Session, session, shard
-from kdcli.runtime.files import atomic_write_text
+from kdcli.runtime.files import atomic_write_text, check_writable
 
 
 @dataclass
@@ -42,13 +42,17 @@ class PseudoLabelResult:
 def pseudo_label(profile: Profile, input_path: Path | None = None, output: Path | None = None,
                  on_batch: Callable[[int, int], None] | None = None) -> PseudoLabelResult:
     """Label `data.unlabeled` (or input_path) with the teacher; write labels.jsonl."""
+    if profile.task == "causal-lm":
+        return _pseudo_lm(profile, input_path, output, on_batch)
     if profile.task not in ("sequence-classification", "image-classification"):
         raise BadInput(f"pseudo-label needs a classification task; this profile's task is {profile.task}")
-    teacher = load_teacher(profile)
-    if teacher is None:
+    if profile.teacher is None:
         raise BadInput("pseudo-label needs a teacher: the profile has no `teacher:` section")
-    split = load_split(profile, "unlabeled", teacher, labels=False, source=input_path)
     out = Path(output) if output else Run(profile.output).pseudo_labels
+    check_writable(out)  # before the teacher labels everything
+    teacher = load_teacher(profile)
+    assert teacher is not None
+    split = load_split(profile, "unlabeled", teacher, labels=False, source=input_path)
     spec = profile.pseudo
     with session(profile.train.device) as where:  # under torchrun, each rank labels its share of the batches
         teacher.to(where.device).module.eval()
@@ -60,6 +64,26 @@ def pseudo_label(profile: Profile, input_path: Path | None = None, output: Path 
             atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in kept))
     return PseudoLabelResult(output=str(out), total=len(records), kept=len(kept),
                              kept_samples=len({r["id"] for r in kept}), summary=summarize(records, kept, names))
+
+
+def _pseudo_lm(profile: Profile, input_path: Path | None, output: Path | None,
+               on_batch: Callable[[int, int], None] | None) -> PseudoLabelResult:
+    """Sequence-level KD: the teacher's completions for the prompts (kdcli/commands/pseudo_lm.py)."""
+    from kdcli.commands.pseudo_lm import generate_completions, write_records
+    teacher = load_teacher(profile)
+    if teacher is None:
+        raise BadInput("pseudo-label needs a teacher: the profile has no `teacher:` section")
+    source = input_path or profile.data.unlabeled
+    if source is None:
+        raise BadInput("data.unlabeled is not set in the profile", hint="add data.unlabeled: PROMPTS.jsonl or .txt")
+    out = Path(output) if output else Run(profile.output).pseudo_labels
+    with session(profile.train.device) as where:
+        teacher.to(where.device).module.eval()
+        records = generate_completions(profile, teacher, Path(source), where.device, on_batch)
+        if where.main:
+            write_records(out, records)
+    return PseudoLabelResult(output=str(out), total=len(records), kept=len(records), kept_samples=len(records),
+                             summary={})
 
 
 @torch.inference_mode()

@@ -1,5 +1,6 @@
 """Images from sklearn's digits, .npz arrays or a folder per class, as float [N, C, H, W] in [0, 1];
-normalization and deterministic splits.
+normalization and deterministic splits. An image folder can also be read lazily (`ImageFiles`): every
+file is checked once up front, then decoded per batch, so memory stays flat as the folder grows.
 """
 
 from __future__ import annotations
@@ -112,6 +113,52 @@ def _npz_pixels(path: Path, array: np.ndarray) -> Tensor:
 
 
 def _folder(path: Path, channels: int, image_size: int | None, min_classes: int) -> ImageData:
+    files, labels, names, sources = _folder_files(path, min_classes)
+    images = [_open_image(p, channels, image_size) for p in files]
+    return ImageData(_stack(path, images, files), labels, names, sources)
+
+
+class ImageFiles:
+    """An image folder decoded per batch: `files[idx]` as normalized [B, C, H, W] (what a Tensor gives)."""
+
+    def __init__(self, files: list[Path], channels: int, image_size: int | None,
+                 mean: Sequence[float], std: Sequence[float]) -> None:
+        self.files, self.channels, self.image_size = files, channels, image_size
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: Tensor | list[int]) -> Tensor:
+        images = torch.stack([self._one(self.files[int(i)]) for i in index])
+        return normalize_images(images, self.mean, self.std)
+
+    def take(self, indices: Sequence[int]) -> ImageFiles:
+        return ImageFiles([self.files[i] for i in indices], self.channels, self.image_size, self.mean, self.std)
+
+    def _one(self, path: Path) -> Tensor:
+        image = _open_image(path, self.channels, self.image_size)
+        return _to_channels(image[None], self.channels)[0]
+
+
+def scan_image_folder(path: Path, channels: int, image_size: int | None, min_classes: int = 1
+                      ) -> tuple[list[Path], Tensor | None, list[str], list[str]]:
+    """(files, labels, class names, sources) of an image folder, every file decoded once and dropped:
+    a broken image or a size mismatch fails now, not hours into training, and memory stays flat."""
+    if not path.is_dir():
+        raise DataError(f"{path}: no such folder", hint="give an image folder")
+    files, labels, names, sources = _folder_files(path, min_classes)
+    first = None
+    for file in files:
+        shape = tuple(_open_image(file, channels, image_size).shape[1:])
+        first = first or (file, shape)
+        if shape != first[1]:
+            raise DataError(f"{file}: size {shape} differs from {first[0].name}'s {first[1]}",
+                            hint="set data.image_size to resize all images")
+    return files, labels, names, sources
+
+
+def _folder_files(path: Path, min_classes: int) -> tuple[list[Path], Tensor | None, list[str], list[str]]:
     visible = sorted(p for p in path.iterdir() if not p.name.startswith("."))
     classes = [p for p in visible if p.is_dir()]
     loose = [p for p in visible if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
@@ -122,8 +169,7 @@ def _folder(path: Path, channels: int, image_size: int | None, min_classes: int)
         if not loose:
             raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) and no class folders",
                             hint="one subfolder per class of image files, or a flat folder of images")
-        images = [_open_image(p, channels, image_size) for p in loose]
-        return ImageData(_stack(path, images, loose), None, [], [p.name for p in loose])
+        return loose, None, [], [p.name for p in loose]
     if len(classes) < min_classes:
         raise DataError(f"{path}: {len(classes)} class folder(s), at least {min_classes} needed",
                         hint="add one subfolder per class")
@@ -135,9 +181,8 @@ def _folder(path: Path, channels: int, image_size: int | None, min_classes: int)
                             hint=f"add images ({', '.join(IMAGE_SUFFIXES)}) or remove the folder")
         files += found
         labels += [label] * len(found)
-    images = [_open_image(p, channels, image_size) for p in files]
-    return ImageData(_stack(path, images, files), torch.tensor(labels, dtype=torch.long),
-                     [c.name for c in classes], [str(p.relative_to(path)) for p in files])
+    return (files, torch.tensor(labels, dtype=torch.long), [c.name for c in classes],
+            [str(p.relative_to(path)) for p in files])
 
 
 def _open_image(path: Path, channels: int, image_size: int | None) -> Tensor:

@@ -8,14 +8,18 @@ run sees the very batches an uninterrupted run would.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from kdcli import data
+from kdcli.data.images import ImageFiles, scan_image_folder
+from kdcli.data.lm import Columns, lm_labels, read_lm, tokenize_lm
 from kdcli.errors import DataError
 from kdcli.models import Adapter
 from kdcli.profile import Profile
@@ -29,7 +33,7 @@ class Split:
     size: int
     lengths: list[int] = field(default_factory=list)
     features: list[dict] = field(default_factory=list)    # text: input_ids, label
-    images: Tensor | None = None                          # image: normalized [N, C, H, W]
+    images: Tensor | ImageFiles | None = None             # image: normalized [N, C, H, W], or decoded per batch
     labels: Tensor | None = None
     sources: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
@@ -45,7 +49,10 @@ class Split:
     def collate(self, indices: list[int]) -> dict[str, Tensor]:
         if self.kind == "text":
             features = [{**self.features[i], "index": i} for i in indices]
-            return data.collate_text(features, self.pad_token_id)
+            batch = data.collate_text(features, self.pad_token_id)
+            if "prompt_len" in features[0]:  # causal-lm: next-token targets, -100 on prompts and padding
+                batch["labels"] = lm_labels(features, batch["input_ids"].shape[1])
+            return batch
         idx = torch.tensor(indices)
         batch = {"pixel_values": self.images[idx], "index": idx}
         if self.labels is not None:
@@ -75,6 +82,8 @@ def _text_split(profile: Profile, path: Path, model: Adapter, labels: bool) -> S
         raise DataError(f"{getattr(model, 'path', 'the model')}: no tokenizer beside the checkpoint",
                         hint="save the tokenizer into the checkpoint folder (tokenizer.save_pretrained)")
     d = profile.data
+    if profile.task == "causal-lm":
+        return _lm_split(profile, path, tokenizer)
     label2id = model.label2id() if labels and model.num_labels else None
     examples = data.read_text(path, text_column=d.text_column,
                               label_column=d.label_column if labels and model.num_labels else None,
@@ -87,9 +96,33 @@ def _text_split(profile: Profile, path: Path, model: Adapter, labels: bool) -> S
                  pad_token_id=tokenizer.pad_token_id or 0)
 
 
+def lm_columns(profile: Profile) -> Columns:
+    d = profile.data
+    text = d.text_column if "text_column" in d.model_fields_set else "text"  # `sentence` is the classifiers' default
+    return Columns(text, d.prompt_column, d.completion_column, d.messages_column)
+
+
+def _lm_split(profile: Profile, path: Path, tokenizer: object) -> Split:
+    examples = read_lm(path, lm_columns(profile))[: profile.data.limit]
+    features = tokenize_lm(examples, tokenizer, profile.data.max_length)
+    if not any(len(f["input_ids"]) > max(1, f["prompt_len"]) for f in features):
+        raise DataError(f"{path}: no example has a token to learn after its prompt within data.max_length "
+                        f"{profile.data.max_length}", hint="raise data.max_length, or shorten the prompts")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id  # type: ignore[attr-defined]
+    return Split(kind="text", size=len(features), lengths=[len(f["input_ids"]) for f in features],
+                 features=features, sources=[e.source for e in examples], texts=[e.text for e in examples],
+                 pad_token_id=pad or 0)
+
+
 def _image_split(profile: Profile, source: str, model: Adapter, labels: bool) -> Split:
     config = model.data_config  # type: ignore[attr-defined]
     channels, size = int(config["input_size"][0]), int(config["input_size"][-1])
+    if Path(source).is_dir():  # a folder can hold any number of images: decoded per batch
+        files, targets, _, sources = scan_image_folder(Path(source), channels, profile.data.image_size or size)
+        keep = slice(0, profile.data.limit)
+        lazy = ImageFiles(files[keep], channels, profile.data.image_size or size, config["mean"], config["std"])
+        return Split(kind="image", size=len(lazy), images=lazy, sources=sources[keep],
+                     labels=targets[keep] if labels and targets is not None else None)
     images = data.read_images(source, image_size=profile.data.image_size or size, channels=channels)
     pixels = data.normalize_images(images.images, tuple(config["mean"]), tuple(config["std"]))
     keep = slice(0, profile.data.limit)
@@ -124,9 +157,26 @@ def subset(split: Split, indices: list[int]) -> Split:
                      features=[split.features[i] for i in indices], sources=[split.sources[i] for i in indices],
                      texts=[split.texts[i] for i in indices], pad_token_id=split.pad_token_id)
     idx = torch.tensor(indices, dtype=torch.long)
-    return Split(kind="image", size=len(indices), images=split.images[idx],
+    images = split.images.take(indices) if isinstance(split.images, ImageFiles) else split.images[idx]
+    return Split(kind="image", size=len(indices), images=images,
                  labels=split.labels[idx] if split.labels is not None else None,
                  sources=[split.sources[i] for i in indices])
+
+
+def concat(first: Split, second: Split) -> Split:
+    """Two text splits as one (causal-lm: the training data and the teacher's completions)."""
+    return Split(kind="text", size=first.size + second.size, lengths=first.lengths + second.lengths,
+                 features=first.features + second.features, sources=first.sources + second.sources,
+                 texts=first.texts + second.texts, pad_token_id=first.pad_token_id)
+
+
+def loader(split: Split, order: list[list[int]], device: torch.device) -> Iterable[dict[str, Tensor]]:
+    """Batches in `order`; a lazily decoded split is decoded by worker processes ahead of use, into pinned
+    memory on CUDA (non-blocking copies)."""
+    lazy = isinstance(split.images, ImageFiles)
+    workers = min(4, os.cpu_count() or 1) if lazy and len(order) > 1 else 0
+    return DataLoader(order, batch_size=None, collate_fn=split.collate, num_workers=workers,
+                      pin_memory=device.type == "cuda", persistent_workers=False)
 
 
 def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:

@@ -1,4 +1,5 @@
-"""Labelled text files (csv, tsv, jsonl, txt) read with every failure named by file, line and column;
+"""Labelled text files (csv, tsv, jsonl, txt, and Hugging Face datasets: parquet, arrow, save_to_disk
+folders) read with every failure named by file, line and column;
 tokenization without padding, per-batch padding, and length-bucketed batches so padding stays small.
 """
 
@@ -16,6 +17,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from kdcli.data.hf_datasets import HF_SUFFIXES, is_hf_dataset, read_columns
 from kdcli.errors import DataError
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".txt")
@@ -49,9 +51,12 @@ def read_text(path: Path | str, text_column: str = "sentence", label_column: str
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if is_hf_dataset(path):
+        rows = _dataset_rows(path, text_column, label_column, require_labels)
+        return _examples(path, rows, label_column, label2id, require_labels)
     if suffix not in TEXT_SUFFIXES:
         raise DataError(f"{path}: unsupported text file type '{suffix or '(none)'}'",
-                        hint=f"use one of {', '.join(TEXT_SUFFIXES)}")
+                        hint=f"use one of {', '.join(TEXT_SUFFIXES + HF_SUFFIXES)}, or a save_to_disk folder")
     if require_labels and (label_column is None or suffix == ".txt"):
         raise DataError(f"{path}: labels are required but this file cannot carry any",
                         hint="use a .csv, .tsv or .jsonl file and set data.label_column")
@@ -63,10 +68,31 @@ def read_text(path: Path | str, text_column: str = "sentence", label_column: str
                 for n, line in enumerate(content.split("\n"), 1) if line.strip()]
     else:
         rows = _table_rows(path, content, suffix == ".tsv", text_column, label_column, require_labels)
+    return _examples(path, rows, label_column, label2id, require_labels)
+
+
+def _examples(path: Path, rows: list[_Row], label_column: str | None, label2id: dict[str, int] | None,
+              require_labels: bool) -> list[TextExample]:
     if not rows:
         raise DataError(f"{path}: no data rows", hint="the file holds no examples; check it is the right file")
     labels = _labels(path, rows, label_column, label2id, require_labels)
     return [TextExample(r.text, label, r.source) for r, label in zip(rows, labels)]
+
+
+def _dataset_rows(path: Path, text_column: str, label_column: str | None, require_labels: bool) -> list[_Row]:
+    """A Hugging Face dataset's rows, checked as a csv's are (row n is "line n")."""
+    names, columns = read_columns(path, [text_column, label_column])
+    _column(path, text_column, names)
+    if label_column is not None and require_labels:
+        _column(path, label_column, names)
+    labels = columns.get(label_column or "", [None] * len(columns[text_column]))
+    rows = []
+    for line, (text, label) in enumerate(zip(columns[text_column], labels), 1):
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}, line {line}: empty or non-string text in column '{text_column}'",
+                            hint="give every row a non-empty string text, or filter the dataset")
+        rows.append(_Row(line, _text_of(path, line, text.strip()), label, f"{path.name}:{line}"))
+    return rows
 
 
 def _read_utf8(path: Path) -> str:

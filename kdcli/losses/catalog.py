@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdcli.losses import feature, relation, response
+from kdcli.losses import feature, relation, response, token
 from kdcli.losses.base import LOSSES, DistillLoss
 from kdcli.models.base import Adapter
 
-FAMILIES = (response, feature, relation)
+FAMILIES = (response, feature, relation, token)
 
 
 def build_losses(specs: list[Any], student: Adapter, teacher: Adapter | None) -> list[DistillLoss]:

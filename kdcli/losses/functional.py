@@ -6,9 +6,13 @@ and loss weights are the caller's job (see feature.py, relation.py, response.py 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "attention_mse",
@@ -23,7 +27,13 @@ __all__ = [
     "rkd_distance",
     "similarity_preserving",
     "soft_cross_entropy",
+    "token_divergence",
+    "token_loss",
 ]
+
+TOKEN_KINDS = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
+# (teacher ids [N, k], teacher log-probs [N, k + 1] whose last column is the tail bucket): the sparse cache
+SparseTeacher = tuple[Tensor, Tensor]
 
 
 def _rows(x: Tensor, mask: Tensor | None) -> Tensor:
@@ -54,15 +64,7 @@ def hinton_kd(s_logits: Tensor, t_logits: Tensor, temperature: float, mask: Tens
     the mean is over the selected rows only (as HF's DistilBERT distiller.py). No selected row gives 0.
     Reference: RepDistiller distiller_zoo/KD.py; transformers research_projects/distillation/distiller.py.
     """
-    if s_logits.shape != t_logits.shape:
-        raise ValueError(f"student logits {tuple(s_logits.shape)} != teacher logits {tuple(t_logits.shape)}")
-    s, t = _full(_rows(s_logits, mask)), _full(_rows(t_logits, mask))
-    if s.shape[0] == 0:
-        return _zero(s_logits, t_logits)
-    log_p_s = F.log_softmax(s / temperature, dim=-1)
-    log_p_t = F.log_softmax(t / temperature, dim=-1)
-    kl = F.kl_div(log_p_s, log_p_t, reduction="sum", log_target=True)
-    return kl / s.shape[0] * temperature**2
+    return token_loss(s_logits, t_logits, "forward_kl", mask, temperature=temperature) * temperature**2
 
 
 def dkd(s_logits: Tensor, t_logits: Tensor, labels: Tensor, alpha: float, beta: float,
@@ -265,3 +267,100 @@ def mask_tokens(input_ids: Tensor, special_tokens_mask: Tensor, mask_token_id: i
     out = torch.where(to_mask, torch.full_like(input_ids, mask_token_id), input_ids)
     out = torch.where(to_random, random_ids, out)
     return out, labels
+
+
+# --- token-level divergences (causal LMs): per row of log-probs, then a masked mean over tokens ---------
+
+
+def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """KL(p || q) per row, from log-probabilities; 0·log 0 = 0, and a NaN stays a NaN (the loop reports it)."""
+    p = log_p.exp()
+    return torch.where(p == 0, torch.zeros_like(p), p * (log_p - log_q)).sum(-1)
+
+
+def _mix(log_p: Tensor, log_q: Tensor, weight_p: float) -> Tensor:
+    """log(w·p + (1 − w)·q), stable in log space."""
+    if weight_p >= 1.0:
+        return log_p
+    if weight_p <= 0.0:
+        return log_q
+    return torch.logaddexp(log_p + math.log(weight_p), log_q + math.log1p(-weight_p))
+
+
+def token_divergence(log_p_s: Tensor, log_p_t: Tensor, kind: str, *, beta: float = 0.5, alpha: float = 0.1
+                     ) -> Tensor:
+    """One divergence per row between student and teacher distributions given as log-probs [N, V].
+
+    forward_kl: KL(t || s) (Hinton; torchtune's ForwardKLLoss). reverse_kl: KL(s || t) (MiniLLM).
+    jsd: generalized Jensen-Shannon of TRL's GKD, m = β·t + (1 − β)·s, β·KL(t || m) + (1 − β)·KL(s || m);
+    β = 0 is KL(t || s) and β = 1 is KL(s || t), as in TRL's generalized_jsd_loss.
+    skew_kl: KL(t || α·t + (1 − α)·s); skew_reverse_kl: KL(s || α·s + (1 − α)·t) (DistiLLM, Ko et al. 2024).
+    tvd: ½·Σ|t − s|, total variation.
+    """
+    if kind == "forward_kl":
+        return _kl(log_p_t, log_p_s)
+    if kind == "reverse_kl":
+        return _kl(log_p_s, log_p_t)
+    if kind == "jsd":
+        if beta <= 0.0:
+            return _kl(log_p_t, log_p_s)
+        if beta >= 1.0:
+            return _kl(log_p_s, log_p_t)
+        mixture = _mix(log_p_t, log_p_s, beta)
+        return beta * _kl(log_p_t, mixture) + (1.0 - beta) * _kl(log_p_s, mixture)
+    if kind == "skew_kl":
+        return _kl(log_p_t, _mix(log_p_t, log_p_s, alpha))
+    if kind == "skew_reverse_kl":
+        return _kl(log_p_s, _mix(log_p_s, log_p_t, alpha))
+    if kind == "tvd":
+        return 0.5 * (log_p_t.exp() - log_p_s.exp()).abs().sum(-1)
+    raise ValueError(f"unknown token divergence {kind!r}; known: {', '.join(TOKEN_KINDS)}")
+
+
+def bucket_log_probs(log_p: Tensor, ids: Tensor) -> Tensor:
+    """[N, V] log-probs -> [N, k + 1]: the k ids' log-probs, then the log of the remaining mass (the tail)."""
+    top = log_p.gather(-1, ids)
+    tail = torch.logsumexp(log_p.scatter(-1, ids, float("-inf")), dim=-1, keepdim=True)
+    return torch.cat([top, tail], dim=-1)
+
+
+def token_loss(s_logits: Tensor, teacher: Tensor | SparseTeacher, kind: str, mask: Tensor | None = None, *,
+               temperature: float = 1.0, chunk_tokens: int | None = None, beta: float = 0.5, alpha: float = 0.1
+               ) -> Tensor:
+    """Mean over the masked tokens of token_divergence(softmax(s/T), softmax(t/T)).
+
+    s_logits [..., V] with mask [...] (bool or 0/1; None: every row). The teacher is logits of the same shape,
+    or a sparse teacher (ids, log-probs) already holding only the masked rows, in row-major order: the student
+    is then bucketed the same way (its top-k ids' mass, and one tail bucket), so the divergence stays one
+    between two distributions. Rows are processed `chunk_tokens` at a time; under autograd each chunk is
+    recomputed in backward, so no more than one chunk's [chunk, V] intermediates live at once.
+    """
+    sparse = isinstance(teacher, tuple)
+    if not sparse and s_logits.shape != teacher.shape:
+        raise ValueError(f"student logits {tuple(s_logits.shape)} != teacher logits {tuple(teacher.shape)}")
+    s = _rows(s_logits, mask)
+    t = teacher if sparse else _rows(teacher, mask)
+    n = s.shape[0]
+    if sparse and t[0].shape[0] != n:
+        raise ValueError(f"sparse teacher holds {t[0].shape[0]} token rows, the mask selects {n}")
+    if n == 0:
+        return _zero(s_logits, *(teacher if sparse else (teacher,)))
+
+    def chunk_sum(s_rows: Tensor, *t_rows: Tensor) -> Tensor:
+        log_p_s = F.log_softmax(_full(s_rows) / temperature, dim=-1)
+        if sparse:
+            log_p_s, log_p_t = bucket_log_probs(log_p_s, t_rows[0].long()), _full(t_rows[1])
+        else:
+            log_p_t = F.log_softmax(_full(t_rows[0]) / temperature, dim=-1)
+        return token_divergence(log_p_s, log_p_t, kind, beta=beta, alpha=alpha).sum()
+
+    step = chunk_tokens or n
+    total = s.new_zeros((), dtype=torch.promote_types(s.dtype, torch.float32))
+    for start in range(0, n, step):
+        parts = (s[start: start + step], *(x[start: start + step] for x in (t if sparse else (t,))))
+        total = total + _maybe_checkpoint(chunk_sum, parts, recompute=step < n and s.requires_grad)
+    return total / n
+
+
+def _maybe_checkpoint(fn: Callable[..., Tensor], args: tuple[Tensor, ...], recompute: bool) -> Tensor:
+    return checkpoint(fn, *args, use_reentrant=False) if recompute else fn(*args)

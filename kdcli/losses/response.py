@@ -9,6 +9,7 @@ from kdcli.errors import BadInput
 from kdcli.losses import functional as KF
 from kdcli.losses.base import DistillLoss
 from kdcli.losses.specs import CeSpec, DkdSpec, HintonSpec, MlmSpec
+from kdcli.losses.token import teacher_side, token_mask
 from kdcli.models.base import Outputs
 
 
@@ -35,8 +36,10 @@ class Hinton(DistillLoss, spec=HintonSpec):
     YAML: `- {kind: hinton, weight: 0.9, temperature: 4.0}`"""
 
     def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> Tensor:
-        mask = batch.get("attention_mask") if student.logits.dim() == 3 else None
-        return KF.hinton_kd(student.logits, teacher.logits, self.spec.temperature, mask=mask)
+        s, logits = self.spec, student.logits
+        teacher_logits = teacher_side(teacher)
+        return KF.token_loss(logits, teacher_logits, "forward_kl", token_mask(batch, logits), temperature=s.temperature,
+                             chunk_tokens=s.chunk_tokens) * s.temperature**2
 
 
 class Dkd(DistillLoss, spec=DkdSpec):

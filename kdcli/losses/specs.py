@@ -78,6 +78,7 @@ class HintonSpec(LossSpecBase):
     student_needs = teacher_needs = frozenset({"logits"})
 
     temperature: float = Field(4.0, gt=0.0, le=100.0)
+    chunk_tokens: int = Field(2048, ge=1, le=2**24, description="[B, L, V] logits: tokens per chunk")
 
 
 class DkdSpec(LossSpecBase):
@@ -178,3 +179,51 @@ class MlmSpec(LossSpecBase):
     cacheable = "never"
 
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
+
+
+# --- token-level divergences for causal LMs (kdcli/losses/token.py) ---------------------------------------
+
+
+class TokenSpecBase(LossSpecBase):
+    """A divergence per real (completion) token between student and teacher next-token distributions."""
+
+    student_needs = teacher_needs = frozenset({"logits"})
+
+    temperature: float = Field(1.0, gt=0.0, le=100.0)
+    chunk_tokens: int = Field(2048, ge=1, le=2**24, description="tokens per chunk: memory is chunk × vocabulary")
+
+
+class ReverseKlSpec(TokenSpecBase):
+    """KL(student || teacher), mode-seeking (MiniLLM)."""
+
+    kind: Literal["reverse_kl"]
+
+
+class JsdSpec(TokenSpecBase):
+    """Generalized Jensen-Shannon divergence with β (TRL GKD)."""
+
+    kind: Literal["jsd"]
+
+    beta: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class SkewKlSpec(TokenSpecBase):
+    """KL(teacher || α·teacher + (1 − α)·student) (DistiLLM)."""
+
+    kind: Literal["skew_kl"]
+
+    alpha: float = Field(0.1, ge=0.0, le=1.0)
+
+
+class SkewReverseKlSpec(TokenSpecBase):
+    """KL(student || α·student + (1 − α)·teacher) (DistiLLM)."""
+
+    kind: Literal["skew_reverse_kl"]
+
+    alpha: float = Field(0.1, ge=0.0, le=1.0)
+
+
+class TvdSpec(TokenSpecBase):
+    """Total variation distance."""
+
+    kind: Literal["tvd"]

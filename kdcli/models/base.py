@@ -23,6 +23,7 @@ class Outputs:
     features: tuple[Tensor, ...] = ()               # vision: per-stage maps [B, C, H, W]
     embedding: Tensor | None = None                 # pooled vector [B, D]
     attention_mask: Tensor | None = None
+    topk: tuple[Tensor, Tensor] | None = None       # causal-lm sparse cache: ids [N, k], log-probs [N, k + 1]
 
     def detach(self) -> Outputs:
         def d(x: Any) -> Any:

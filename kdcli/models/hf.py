@@ -13,6 +13,7 @@ from transformers import (
     AttentionInterface,
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -28,7 +29,9 @@ AUTO_CLASSES = {
     "sequence-classification": AutoModelForSequenceClassification,
     "masked-lm": AutoModelForMaskedLM,
     "embedding": AutoModel,
+    "causal-lm": AutoModelForCausalLM,
 }
+PER_TOKEN_TASKS = ("masked-lm", "causal-lm")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 
@@ -76,6 +79,7 @@ class HFAdapter(Adapter):
         self.task = task
         self.path = path
         self._attention = "sdpa"
+        self.vocab_limit: int | None = None  # causal-lm: logits cut to the vocabulary shared with the other model
 
     @property
     def config(self):  # noqa: ANN201 - a transformers PretrainedConfig
@@ -112,14 +116,18 @@ class HFAdapter(Adapter):
         self.use_attention(needs | ({"attentions"} if self._attention == "eager" else set()))
         mask = batch.get("attention_mask")
         want_hidden = bool({"hidden_states", "embedding"} & needs) and self.task != "embedding"
+        extra = {"use_cache": False} if self.task == "causal-lm" else {}
         with record_attention_scores() as scores:
             out = self.module(input_ids=batch["input_ids"], attention_mask=mask,
                               output_hidden_states=want_hidden or "hidden_states" in needs,
-                              output_attentions="attentions" in needs)
+                              output_attentions="attentions" in needs, **extra)
         hidden = tuple(out.hidden_states or ())
         last = out.last_hidden_state if self.task == "embedding" else (hidden[-1] if hidden else None)
+        logits = getattr(out, "logits", None)
+        if logits is not None and self.vocab_limit is not None:
+            logits = logits[..., : self.vocab_limit]
         return Outputs(
-            logits=getattr(out, "logits", None),
+            logits=logits,
             hidden_states=hidden,
             attentions=tuple(out.attentions or ()) if "attentions" in needs else (),
             attention_scores=tuple(scores),
@@ -129,10 +137,11 @@ class HFAdapter(Adapter):
 
     def exportable(self) -> Exportable:
         output = "last_hidden_state" if self.task == "embedding" else "logits"
+        per_token = output == "last_hidden_state" or self.task in PER_TOKEN_TASKS
         axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                output: {0: "batch", 1: "sequence"} if output == "last_hidden_state" or self.task == "masked-lm"
-                else {0: "batch"}}
-        return Exportable(_Bare(self.module, output), ["input_ids", "attention_mask"], [output], axes, "seq_len")
+                output: {0: "batch", 1: "sequence"} if per_token else {0: "batch"}}
+        bare = _Bare(self.module, output, causal=self.task == "causal-lm")
+        return Exportable(bare, ["input_ids", "attention_mask"], [output], axes, "seq_len")
 
     def save(self, directory: Path) -> None:
         with atomic_path(Path(directory)) as tmp:
@@ -151,13 +160,14 @@ class HFAdapter(Adapter):
 class _Bare(nn.Module):
     """input_ids, attention_mask -> one named output: what optimum exports for these tasks."""
 
-    def __init__(self, model: PreTrainedModel, output: str) -> None:
+    def __init__(self, model: PreTrainedModel, output: str, causal: bool = False) -> None:
         super().__init__()
         self.model = model
         self.output = output
+        self.extra = {"use_cache": False} if causal else {}  # prefill only: no KV cache in the graph
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask), self.output)
+        return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask, **self.extra), self.output)
 
 
 def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head: bool = False) -> HFAdapter:

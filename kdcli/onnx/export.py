@@ -8,7 +8,6 @@ Nothing is printed; functions return data or raise ``kdcli.errors``.
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from kdcli.errors import KdcliError
-from kdcli.runtime.files import sibling_tmp
+from kdcli.runtime.files import atomic_path
 
 DEFAULT_OPSET = 18
 
@@ -69,8 +68,7 @@ def export_onnx(module: nn.Module, example: dict[str, Tensor], path: Path, *, ou
     in_axes = {n: {int(a): str(s) for a, s in axes.items()} for n, axes in dynamic_axes.items() if n in example}
     grown = _grow_size_one_axes(example, in_axes)
     args = tuple(grown[n] for n in input_names)
-    tmp = sibling_tmp(path, ".onnx.tmp")
-    try:
+    with atomic_path(path) as tmp:  # a failed export or check leaves no file behind
         with eval_mode(module), torch.no_grad(), warnings.catch_warnings():
             # "The axis name: seq will not be used, since it shares the same shape constraints with another
             # axis: seq." is expected when inputs share symbols.
@@ -82,9 +80,6 @@ def export_onnx(module: nn.Module, example: dict[str, Tensor], path: Path, *, ou
                 _rename_dim_params(tmp, in_axes)
         _check_dynamic(tmp, dynamic_axes)
         _check_model(tmp)
-        os.replace(tmp, path)
-    finally:
-        unlink_quietly(tmp)
     return path
 
 

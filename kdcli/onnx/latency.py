@@ -135,7 +135,9 @@ def _row(model: str, runtime: str, bs: int, shape_key: str, shape_value: int, t:
     return {"model": model, "runtime": runtime, "batch_size": int(bs), shape_key: int(shape_value),
             "p50_ms": round(p50, 4), "p90_ms": round(p90, 4), "p99_ms": round(float(t["p99_ms"]), 4),
             "mean_ms": round(float(t["mean_ms"]), 4), "samples_per_s": round(bs / (p50 / 1e3), 2),
-            "runs": int(t["runs"]), "noisy": p90 > NOISY_P90_OVER_P50 * p50}
+            "runs": int(t["runs"]), "noisy": p90 > NOISY_P90_OVER_P50 * p50,
+            # text: prefill throughput, the figure decoder LMs are compared on
+            **({"tokens_per_s": round(bs * shape_value / (p50 / 1e3), 1)} if shape_key == "seq_len" else {})}
 
 
 def speedup(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from pathlib import Path
 
 from kdcli.errors import KdcliError
-from kdcli.onnx.export import short_error, unlink_quietly
-from kdcli.runtime.files import sibling_tmp
+from kdcli.onnx.export import short_error
+from kdcli.runtime.files import atomic_path
 
 
 def quantize_int8(onnx_path: Path, out_path: Path) -> Path:
@@ -23,21 +22,18 @@ def quantize_int8(onnx_path: Path, out_path: Path) -> Path:
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if not onnx_path.is_file():
         raise ValueError(f"ONNX file not found: {onnx_path}")
-    tmp = sibling_tmp(out_path, ".onnx.tmp")
     root = logging.getLogger()
     old_level = root.level
     try:
-        with tempfile.TemporaryDirectory(prefix="kdcli-quant-") as td:
+        with tempfile.TemporaryDirectory(prefix="kdcli-quant-") as td, atomic_path(out_path) as tmp:
             src = _pre_process(onnx_path, Path(td) / "pre.onnx")
             root.setLevel(max(old_level, logging.ERROR))  # quantize_dynamic logs a "please pre-process" hint
             try:
                 quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8)
             except Exception as e:
                 raise KdcliError(f"int8 quantization of {onnx_path} failed: {short_error(e)}") from e
-        os.replace(tmp, out_path)
     finally:
         root.setLevel(old_level)
-        unlink_quietly(tmp)
     return out_path
 
 

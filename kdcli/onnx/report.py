@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from kdcli.onnx.latency import NOISY_P90_OVER_P50, RUNTIME_ORDER
-from kdcli.runtime.files import sibling_tmp
+from kdcli.runtime.files import atomic_path
 
 
 def render_markdown(report: Mapping[str, Any] | None, parity: Mapping[str, Any] | None,
@@ -125,11 +124,6 @@ def plot_png(report: Mapping[str, Any], path: Path) -> Path | None:
     if series:
         ax.legend()
     fig.tight_layout()
-    tmp = sibling_tmp(path, ".png")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

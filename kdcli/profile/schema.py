@@ -95,6 +95,10 @@ class DataSpec(Strict):
     image_size: int | None = Field(None, ge=8, le=4096)
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="hold out this share of train when eval is unset")
     limit: int | None = Field(None, ge=1, le=COUNT_MAX, description="use only the first N rows of each data file")
+    # causal-lm: a .jsonl row holds `text`, a prompt/completion pair, or chat `messages` (see docs/profile.md)
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    messages_column: str = "messages"
 
 
 class NoiseSpec(Strict):
@@ -138,9 +142,13 @@ class TrainSpec(Strict):
     checkpoint_every: int | None = Field(None, ge=1, le=COUNT_MAX,
                                          description="steps between checkpoints; default: eval time")
     cache_teacher: bool = False
+    cache_topk: int = Field(64, ge=1, le=65_536,
+                            description="causal-lm cache: the teacher's top-k log-probs per token, plus a tail bucket")
     noise: NoiseSpec = NoiseSpec()
     augment: AugmentSpec = AugmentSpec()
     threads: int | None = Field(None, ge=1, le=1024)
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="experiment trackers fed every metrics.jsonl record")
 
 
 class ExportSpec(Strict):
@@ -157,11 +165,14 @@ class PseudoSpec(Strict):
     topk: int = Field(5, ge=1, le=CLASSES_MAX)
     temperature: float = Field(1.0, gt=0.0, le=100.0)
     ratio: float = Field(1.0, ge=0.0, le=100.0, description="pseudo-labeled samples per labeled one in a batch")
+    # causal-lm: sequence-level KD, the teacher's completions for the prompts
+    max_new_tokens: int = Field(64, ge=1, le=8192)
+    do_sample: bool = Field(False, description="sample (seeded by train.seed, at `temperature`) instead of greedy")
 
 
 class Profile(Strict):
     name: str = Field(min_length=1, max_length=200)
-    task: Literal["sequence-classification", "image-classification", "masked-lm", "embedding"]
+    task: Literal["sequence-classification", "image-classification", "masked-lm", "embedding", "causal-lm"]
     teacher: TeacherSpec | None = None
     student: StudentSpec
     data: DataSpec = DataSpec()

@@ -4,7 +4,9 @@ Every writer goes to a temporary sibling, fsyncs it, then renames it over the ta
 (or a run resumed after kill -9) sees the old file or the new one, never half of one. A folder is
 swapped with the old one in one step where Linux allows it (renameat2 RENAME_EXCHANGE), so it never
 goes missing either. Temporaries a killed writer left behind are removed by the next write of the
-same target. A full disk or quota becomes one KdcliError that names the file (exit 1).
+same target. A full disk, a quota, a read-only mount or a folder without write permission becomes one
+BadInput that names the file (exit 2: the environment, not the job, failed), and `check_writable` finds
+an unwritable destination before the long work that would end in it.
 """
 
 from __future__ import annotations
@@ -22,17 +24,44 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kdcli.errors import KdcliError
+from kdcli.errors import BadInput
 
-_DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
+_DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_DENIED_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR)
 
 
 def sibling_tmp(path: Path, suffix: str = ".tmp") -> Path:
     """A unique temporary name beside `path` (same filesystem, so os.replace is atomic). Nothing is
     created: the writer creates the file, so it gets the usual umask permissions (mkstemp's are 0600)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}"
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _raise_if_disk(exc, path)
+        raise
+
+
+def check_writable(path: Path) -> None:
+    """Exit 2 now, naming `path`, when a file or folder could not be written there later.
+
+    Permission bits do not tell (root ignores them; a read-only mount does not show in them), so a
+    probe file is created and removed beside `path`.
+    """
+    path = Path(path)
+    targets = [path, path / ".kdcli-probe"] if path.is_dir() else [path]  # beside it (renames), in it (files)
+    for target in targets:
+        try:
+            probe = sibling_tmp(target, ".probe")
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            _raise_if_disk(exc, path)
+            raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -64,7 +93,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling path (file or folder); on success it replaces `path` in one rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     _remove_stale(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     _remove(tmp)
@@ -182,28 +211,35 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def disk_error(exc: BaseException) -> str | None:
-    """The reason, when `exc` means the disk refused a write (full, quota, file size limit, read-only)."""
+def disk_error(exc: BaseException) -> tuple[str, bool] | None:
+    """(reason, full) when `exc` means the disk refused a write: full (space, quota, file size limit),
+    or not writable (read-only, permission, a file where a folder should be)."""
     seen: set[int] = set()
+    codes = _DISK_ERRNOS + _DENIED_ERRNOS
     while exc is not None and id(exc) not in seen:  # the OSError may sit under a library's own error
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
-            return os.strerror(exc.errno)
+        if isinstance(exc, OSError) and exc.errno in codes:
+            return os.strerror(exc.errno), exc.errno in _DISK_ERRNOS
         text = str(exc)
-        for code in _DISK_ERRNOS:
+        for code in codes:
             if os.strerror(code) in text:  # safetensors: "I/O error: File too large (os error 27)"
-                return os.strerror(code)
+                return os.strerror(code), code in _DISK_ERRNOS
         exc = exc.__cause__ or exc.__context__
     return None
 
 
 def _raise_if_disk(exc: BaseException, path: Path) -> None:
-    reason = disk_error(exc)
-    if reason is not None:
-        raise KdcliError(f"cannot write {path}: {reason}",
-                         hint="free some disk space (or raise the quota or file size limit), then run again; "
-                              "files written before are intact (distill --resume continues from the last "
-                              "checkpoint)") from exc
+    found = disk_error(exc)
+    if found is None:
+        return
+    reason, full = found
+    if full:
+        hint = ("free some disk space (or raise the quota or file size limit), then run again; files written "
+                "before are intact (distill --resume continues from the last checkpoint)")
+    else:
+        hint = ("make the folder writable, or write elsewhere (`output:` in the profile, or --output); "
+                "files written before are intact")
+    raise BadInput(f"cannot write {path}: {reason}", hint=hint) from exc
 
 
 def empty_folder(folder: Path, keep: set[str]) -> None:

@@ -27,11 +27,14 @@ from kdcli.profile import Profile, StageSpec
 from kdcli.run import Run
 from kdcli.runtime.distributed import Session, barrier, mean_terms
 from kdcli.runtime.files import append_jsonl
+from kdcli.runtime.signals import StoppedAt, finish_the_step, raise_if_stopped
 from kdcli.train.cache import TeacherCache
 from kdcli.train.checkpoint import save_checkpoint
 from kdcli.train.schedule import make_schedule, precision_context
+from kdcli.train.sparse_cache import SparseLogitCache
 from kdcli.train.state import TrainState
 from kdcli.train.step import Feed, StudentStep, optimizer_step, special_tokens
+from kdcli.train.tracking import Tracker
 from kdcli.train.transfer import TransferFeed, transfer_batch_size
 
 OnStep = Callable[[dict[str, Any]], None]
@@ -52,6 +55,15 @@ class Job:
     pseudo: tuple[Split, Tensor] | None
     teacher_eval: Tensor | None  # the frozen teacher's eval outputs, computed once
     transfer: Split | None = None  # data.transfer beside labelled data (train/transfer.py)
+
+    tracker: Tracker | None = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        """One metrics.jsonl record (stamped with the wall-clock time), and the same to the trackers."""
+        record = {"time": round(time.time(), 3), **record}
+        append_jsonl(self.run.metrics, record)
+        if self.tracker is not None:
+            self.tracker.log(record)
 
     def evaluate(self) -> PairMetrics:
         self.student.module.eval()
@@ -92,34 +104,43 @@ def train_stage(job: Job, state: TrainState, stage: StageSpec, steps_per_epoch: 
     job.student.module.train()
     started, seen = time.perf_counter(), 0
     try:
-        while state.step < total_steps:
-            chunk = _chunk(job, state.step, steps_per_epoch)
-            terms = mean_terms(world, optimizer_step(step_module, chunk, state, feed, cfg))
-            state.step += 1
-            seen += sum(len(indices) for indices in chunk) * world.size
-            record = {"stage": stage.name, "step": state.step, "epoch": round(state.step / steps_per_epoch, 4),
-                      "loss": sum(terms.values()), **{f"loss/{k}": v for k, v in terms.items()},
-                      "lr": state.scheduler.get_last_lr()[0],
-                      "samples_per_s": seen / max(time.perf_counter() - started, 1e-9)}
-            if main and (state.step % cfg.log_every == 0 or state.step == total_steps):
-                append_jsonl(run.metrics, record)
-            if main and job.evalset is not None and _eval_due(state.step, total_steps, steps_per_epoch, cfg):
-                _evaluate_and_keep_best(job, state, stage)
-            if main and _checkpoint_due(state.step, total_steps, steps_per_epoch, cfg):
-                save_checkpoint(run.checkpoint, state.state_dict())
-            if on_step and main:
-                on_step({**record, "total_steps": total_steps})
-    except KeyboardInterrupt:
-        # Ctrl-C: keep every finished step; a half-done step is dropped, not saved.
+        with finish_the_step():
+            while state.step < total_steps:
+                chunk = _chunk(job, state.step, steps_per_epoch)
+                terms = mean_terms(world, optimizer_step(step_module, chunk, state, feed, cfg))
+                state.step += 1
+                seen += sum(len(indices) for indices in chunk) * world.size
+                record = _record(stage, state, terms, steps_per_epoch, seen, started)
+                if main and (state.step % cfg.log_every == 0 or state.step == total_steps):
+                    job.log(record)
+                if main and job.evalset is not None and _eval_due(state.step, total_steps, steps_per_epoch, cfg):
+                    _evaluate_and_keep_best(job, state, stage)
+                if main and _checkpoint_due(state.step, total_steps, steps_per_epoch, cfg):
+                    save_checkpoint(run.checkpoint, state.state_dict())
+                if on_step and main:
+                    on_step({**record, "total_steps": total_steps})
+                raise_if_stopped()
+    except KeyboardInterrupt as stop:
+        # Ctrl-C or SIGTERM: keep every finished step; a half-done step (a second signal) is dropped.
         state.optimizer.zero_grad(set_to_none=True)
         if main:
             save_checkpoint(run.checkpoint, state.state_dict())
+        stop.stopped_at = StoppedAt(stage.name, state.step, total_steps)  # type: ignore[attr-defined]
         raise
+
+
+def _record(stage: StageSpec, state: TrainState, terms: dict[str, float], steps_per_epoch: int, seen: int,
+            started: float) -> dict[str, Any]:
+    elapsed = time.perf_counter() - started
+    return {"stage": stage.name, "step": state.step, "epoch": round(state.step / steps_per_epoch, 4),
+            "loss": sum(terms.values()), **{f"loss/{k}": v for k, v in terms.items()},
+            "lr": state.scheduler.get_last_lr()[0], "samples_per_s": seen / max(elapsed, 1e-9),
+            "elapsed_s": round(elapsed, 3)}
 
 
 def _evaluate_and_keep_best(job: Job, state: TrainState, stage: StageSpec) -> None:
     result = job.evaluate()
-    append_jsonl(job.run.metrics, {"stage": stage.name, "step": state.step, "eval": result.to_json()})
+    job.log({"stage": stage.name, "step": state.step, "eval": result.to_json()})
     score = result.primary(job.profile.task)
     if score is not None and (state.best is None or score > state.best):
         state.best = score
@@ -179,7 +200,7 @@ def _step_module(job: Job, state: TrainState) -> nn.Module:
 
 
 def _teacher_cache(job: Job, state: TrainState, split: Split, teacher_needs: frozenset[str], path: Path
-                   ) -> TeacherCache | None:
+                   ) -> TeacherCache | SparseLogitCache | None:
     """Rank 0 builds the cache file; the other ranks wait, then map the same file."""
     cfg, world = job.profile.train, job.session.world
     if not cfg.cache_teacher or job.teacher is None or not teacher_needs:
@@ -188,7 +209,10 @@ def _teacher_cache(job: Job, state: TrainState, split: Split, teacher_needs: fro
         raise BadInput("train.cache_teacher cannot serve train.augment: the teacher sees a new view every step",
                        hint="set train.cache_teacher: false (consistent augmentation needs the live teacher)")
 
-    def build() -> TeacherCache:
+    def build() -> TeacherCache | SparseLogitCache:
+        if job.profile.task == "causal-lm":
+            return SparseLogitCache.load_or_build(job.teacher, split, state.losses, cfg.batch_size,
+                                                  job.session.device, path, cfg.cache_topk)
         return TeacherCache.load_or_build(job.teacher, split, teacher_needs, state.losses, cfg.batch_size,
                                           job.session.device, path)
     cache = build() if world.main else None

@@ -24,6 +24,7 @@ from kdcli.losses.functional import mask_tokens, soft_cross_entropy
 from kdcli.models import Adapter, Outputs
 from kdcli.profile import Profile, TrainSpec
 from kdcli.train.cache import TeacherCache
+from kdcli.train.sparse_cache import SparseLogitCache
 from kdcli.train.state import TrainState
 from kdcli.train.transfer import TransferFeed
 
@@ -95,7 +96,7 @@ class StudentStep(nn.Module):
                          mean=config.get("mean"), std=config.get("std"), generator=generator)
 
 
-def teacher_outputs(teacher: Adapter | None, needs: frozenset[str], cache: TeacherCache | None,
+def teacher_outputs(teacher: Adapter | None, needs: frozenset[str], cache: TeacherCache | SparseLogitCache | None,
                     batch: dict[str, Tensor]) -> Outputs | None:
     """The frozen teacher's outputs for a clean batch: from the cache, or a no-grad forward."""
     if cache is not None:
@@ -113,7 +114,7 @@ class Feed:
     split: Split
     teacher: Adapter | None
     teacher_needs: frozenset[str]
-    cache: TeacherCache | None
+    cache: TeacherCache | SparseLogitCache | None
     reader: Adapter
     mask_probability: float | None  # MLM masking, the same for teacher and student
     autocast: Callable
