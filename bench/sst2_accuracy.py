@@ -48,8 +48,8 @@ def run_seed(work: Path, n: int, seed: int, epochs: float) -> dict[str, float]:
                            f"base-{seed}.yaml")
     distill(load_profile(base_p))
     baseline = evaluate(load_profile(kd_p), str(work / f"base-{seed}" / "student"), work / f"base-{seed}" / "eval.json")
-    return {"teacher": kd["teacher_metrics"]["accuracy"], "student_kd": kd["metrics"]["accuracy"],
-            "student_labels_only": baseline["metrics"]["accuracy"], "retention": kd["retention"]}
+    return {"teacher": kd.teacher_metrics["accuracy"], "student_kd": kd.metrics["accuracy"],
+            "student_labels_only": baseline.metrics["accuracy"], "retention": kd.retention}
 
 
 def main() -> None:
