@@ -106,6 +106,12 @@ def check(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False) -> N
     for loss in report.losses:
         err.print(f"  loss {loss['kind']} (weight {loss['weight']})"
                   + (f": map {loss['map']}" if loss.get("map") else ""))
+    if report.classes:
+        names = report.classes["names"]
+        err.print(f"  classes ({report.classes['source']}): " + ", ".join(names[:12])
+                  + (f" and {len(names) - 12} more" if len(names) > 12 else ""), markup=False, highlight=False)
+    if report.samples:
+        err.print("  data: " + ", ".join(f"{which} {n:,} rows" for which, n in report.samples.items()))
 
 
 @command("init-student")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,12 @@ from transformers import (
     RobertaConfig,
     RobertaForSequenceClassification,
 )
+
+# The checkout under test, not whichever one the venv's editable install points at (git worktrees),
+# for this process and for the `kdcli` / torchrun subprocesses the tests start.
+ROOT = str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, ROOT)
+os.environ["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 WORDS = ["the", "a", "film", "movie", "is", "was", "good", "bad", "great", "awful", "fun", "dull", "story", "plot", "acting", "not", "very", "really", "and", "but", "it", "this", "that", "love", "hate", "best", "worst"]
 LABELS = {"id2label": {0: "negative", 1: "positive"}, "label2id": {"negative": 0, "positive": 1}}

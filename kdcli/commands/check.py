@@ -1,4 +1,4 @@
-"""check: validate a profile and, where the checkpoints exist, run one batch through both models."""
+"""check: refuse what distill would refuse (the shared preflight), and describe both models and the data."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from typing import Any
 
 import torch
 
-from kdcli.errors import BadInput
-from kdcli.losses import build_losses
-from kdcli.models import Adapter, load_student, load_teacher
+from kdcli.commands.preflight import preflight
+from kdcli.models import Adapter
 from kdcli.profile import Profile, profile_json
 
 
@@ -32,31 +31,25 @@ class CheckReport:
     teacher: ModelProbe | None = None
     student: ModelProbe | None = None
     losses: list[dict[str, Any]] = field(default_factory=list)  # per stage: kind, weight, resolved layer map
+    classes: dict[str, Any] | None = None  # the job's one label mapping: names (in output order) and source
+    samples: dict[str, int] = field(default_factory=dict)  # rows read per data file (data.limit honoured)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def check_profile(profile: Profile) -> CheckReport:
-    report = CheckReport(profile=profile_json(profile))
-    teacher = student = None
-    if profile.teacher is not None:
-        if profile.teacher.path.exists():
-            teacher = load_teacher(profile)
-            report.teacher = _probe(teacher)
-        else:
-            report.teacher = ModelProbe(loaded=False, status=f"not found: {profile.teacher.path}")
-    if profile.student.path.exists():
-        student = load_student(profile)
-        report.student = _probe(student)
+    """The preflight distill runs (exit 2 on what it would refuse), then one batch through each model."""
+    found = preflight(profile, for_check=True)
+    report = CheckReport(profile=profile_json(profile), losses=found.losses, samples=found.samples,
+                         classes=found.classes.to_json() if found.classes is not None else None)
+    if found.teacher is not None:
+        report.teacher = _probe(found.teacher)
+    if found.student is not None:
+        report.student = _probe(found.student)
     else:
         report.student = ModelProbe(loaded=False,
                                     status=f"not there yet: {profile.student.path} (run init-student)")
-    if student is not None and (teacher is not None or not profile.needs_teacher()):
-        _check_heads(profile, student, teacher)
-        for stage in profile.stages():
-            for loss in build_losses(stage.losses, student, teacher):
-                report.losses.append({"stage": stage.name, **loss.describe()})
     return report
 
 
@@ -67,14 +60,3 @@ def _probe(model: Adapter) -> ModelProbe:
     return ModelProbe(loaded=True, family=model.family, architecture=type(model.module).__name__,
                       layers=model.depth, params=model.param_count(),
                       output_shape=list(logits.shape) if logits is not None else None)
-
-
-def _check_heads(profile: Profile, student: Adapter, teacher: Adapter | None) -> None:
-    """Response losses compare logits class by class: both heads must have the same classes."""
-    response = {"hinton", "dkd"} & {loss.kind for loss in profile.loss_specs()}
-    if teacher is None or not response or student.num_labels == teacher.num_labels:
-        return
-    raise BadInput(f"the student has {student.num_labels} output classes and the teacher {teacher.num_labels}; "
-                   f"{', '.join(sorted(response))} compare them one to one",
-                   hint="re-run init-student from this teacher, or drop the response losses")
-

@@ -11,12 +11,9 @@ import torch
 import yaml
 
 import kdcli
-from kdcli.data import check_train_labels
-from kdcli.data.pseudo import pseudo_split
-from kdcli.data.splits import train_and_eval
+from kdcli.commands.preflight import preflight
 from kdcli.errors import BadInput
 from kdcli.metrics import collect, outputs_of
-from kdcli.models import load_student, load_teacher
 from kdcli.profile import Profile, profile_json
 from kdcli.run import Run
 from kdcli.runtime.distributed import Session, barrier, session
@@ -73,28 +70,27 @@ def _distill(profile: Profile, where: Session, resume: bool, on_step: OnStep | N
 
 
 def _prepare(profile: Profile, where: Session) -> Job:
-    """Models on the device, the data read through the teacher's tokenizer and labels."""
+    """The preflight check runs too (models loaded, classes settled, data read and checked), then the device."""
     cfg, device = profile.train, where.device
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    teacher = load_teacher(profile) if profile.needs_teacher() else None
-    student = load_student(profile).to(device)
+    found = preflight(profile)
+    teacher, student, reader = found.teacher, found.student, found.reader
+    assert student is not None and reader is not None  # preflight without for_check loads both or raises
+    if getattr(student, "tokenizer", None) is None and getattr(reader, "tokenizer", None) is not None:
+        student.tokenizer = reader.tokenizer  # type: ignore[attr-defined] - saved beside it: the student serves alone
+    student.to(device)
     if teacher is not None:
         teacher.to(device).module.requires_grad_(False)
         teacher.module.eval()  # frozen: no dropout, no grads, ever
     if cfg.compile:
         student.module.compile()  # in place: parameter names (and so checkpoints) stay as they are
-    reader = teacher or student
-    train, evalset = train_and_eval(profile, reader)
-    label_loss = next((s.kind for s in profile.loss_specs() if s.uses_labels), None)
-    check_train_labels(train, str(profile.data.train), num_classes=reader.num_labels, needed_by=label_loss,
-                       label_column=profile.data.label_column)
-    pseudo = pseudo_split(profile, reader) if profile.data.pseudo else None
     teacher_eval = None
-    if where.main and teacher is not None and evalset is not None:  # the teacher never changes: once
-        teacher_eval = collect(outputs_of(teacher, profile.task), evalset, cfg.batch_size, device)[0]
-    return Job(profile, Run(profile.output), where, student, teacher, reader, train, evalset, pseudo, teacher_eval)
+    if where.main and teacher is not None and found.evalset is not None:  # the teacher never changes: once
+        teacher_eval = collect(outputs_of(teacher, profile.task), found.evalset, cfg.batch_size, device)[0]
+    return Job(profile, Run(profile.output), where, student, teacher, reader, found.train, found.evalset,
+               found.pseudo, teacher_eval, found.classes)
 
 
 def _finish(job: Job, best: float | None) -> DistillResult:
@@ -129,6 +125,8 @@ def _open_run(job: Job, resume: bool) -> dict[str, Any] | None:
         run.root.mkdir(parents=True, exist_ok=True)
         lock = {"profile": profile_json(job.profile),
                 "versions": {"kdcli": kdcli.__version__, "torch": str(torch.__version__)}}
+        if job.classes is not None:  # the job's one label mapping, recorded once
+            lock["classes"] = job.classes.to_json()
         atomic_write_text(run.lock_file, yaml.safe_dump(lock, sort_keys=False))
         run.metrics.unlink(missing_ok=True)
     barrier(job.session.world)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdcli.data.labels import LabelMap, job_labels
 from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, GateFailed
 from kdcli.metrics import Forward, agreement, collect, outputs_of, primary_metric, task_metrics
@@ -59,13 +60,15 @@ def evaluate(profile: Profile, model: str = "student", output: Path | None = Non
         teacher = load_teacher(profile)
         if teacher is not None:
             teacher.to(where.device)
-        split = _eval_split(profile, teacher or load_student(profile))
+        candidate = _candidate(profile, model, teacher, where.device)
+        reader = teacher or candidate.adapter or load_student(profile, classes=candidate.classes)
+        split = _eval_split(profile, reader, candidate.classes)
         batch_size = profile.train.batch_size
-        forward, params, size, name = _candidate(profile, model, teacher, where.device)
-        s_out, labels, s_rate = _timed(forward, split, batch_size, where)
-        report = EvalReport(model=name, task=profile.task, samples=split.size, metrics=task_metrics(s_out, labels),
-                            params={"student": params, "teacher": None},
-                            size_bytes={"student": size, "teacher": None},
+        s_out, labels, s_rate = _timed(candidate.forward, split, batch_size, where)
+        report = EvalReport(model=candidate.name, task=profile.task, samples=split.size,
+                            metrics=task_metrics(s_out, labels),
+                            params={"student": candidate.params, "teacher": None},
+                            size_bytes={"student": candidate.size, "teacher": None},
                             samples_per_s={"student": s_rate, "teacher": None})
         if teacher is not None:
             t_out, _, t_rate = _timed(outputs_of(teacher, profile.task), split, batch_size, where)
@@ -106,19 +109,31 @@ def _retention(report: EvalReport) -> float | None:
     return s / t if s is not None and t else None
 
 
-def _eval_split(profile: Profile, reader: Adapter) -> Split:
+def _eval_split(profile: Profile, reader: Adapter, classes: LabelMap | None) -> Split:
     if not profile.data.eval:
         raise BadInput("evaluate needs data.eval in the profile", hint="add data.eval: PATH")
-    return load_split(profile, "eval", reader, labels=profile.task != "masked-lm")
+    return load_split(profile, "eval", reader, labels=profile.task != "masked-lm", classes=classes)
 
 
-def _candidate(profile: Profile, which: str, teacher: Adapter | None, device: torch.device
-               ) -> tuple[Forward, int | None, int, str]:
+@dataclass
+class Candidate:
+    """The model evaluate judges: how to run it, what it weighs, and the job's classes it is judged on."""
+
+    forward: Forward
+    params: int | None
+    size: int
+    name: str
+    classes: LabelMap | None
+    adapter: Adapter | None = None  # None for an .onnx file (and for the teacher, which is passed separately)
+
+
+def _candidate(profile: Profile, which: str, teacher: Adapter | None, device: torch.device) -> Candidate:
     """The model to judge: student, teacher, a checkpoint folder or an .onnx file."""
     if which == "teacher":
         if teacher is None:
             raise BadInput("--model teacher: the profile has no teacher")
-        return outputs_of(teacher, profile.task), teacher.param_count(), dir_size(teacher.path), "teacher"
+        return Candidate(outputs_of(teacher, profile.task), teacher.param_count(), dir_size(teacher.path), "teacher",
+                         job_labels(profile))
     if which == "student":
         path = Run(profile.output).student
         if not path.exists():
@@ -129,10 +144,14 @@ def _candidate(profile: Profile, which: str, teacher: Adapter | None, device: to
             raise BadInput(f"--model {which}: no such file or folder",
                            hint="use student, teacher, a checkpoint folder or an .onnx file")
     if path.suffix == ".onnx":
-        return onnx_forward(path, profile.task), None, dir_size(path), str(path)
-    student = load_student(profile, path).to(device)
+        run_student = Run(profile.output).student
+        classes = job_labels(profile, run_student if run_student.exists() else None)
+        return Candidate(onnx_forward(path, profile.task), None, dir_size(path), str(path), classes)
+    classes = job_labels(profile, path)
+    student = load_student(profile, path, classes=classes).to(device)
     student.module.eval()
-    return outputs_of(student, profile.task), student.param_count(), dir_size(path), str(path)
+    return Candidate(outputs_of(student, profile.task), student.param_count(), dir_size(path), str(path), classes,
+                     student)
 
 
 def onnx_forward(path: Path, task: str) -> Forward:

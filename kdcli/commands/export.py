@@ -7,6 +7,7 @@ parity.json, latency.json, report.md (and latency.png).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,11 +17,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+import kdcli
+from kdcli.data.labels import LabelMap, job_labels
 from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, GateFailed
 from kdcli.models import Adapter, dir_size, load_student, load_teacher
 from kdcli.models.base import Exportable
-from kdcli.onnx.export import export_onnx
+from kdcli.models.hf import HFAdapter
+from kdcli.models.timm import TimmAdapter
+from kdcli.onnx.export import export_onnx, read_metadata, set_metadata
 from kdcli.onnx.latency import LatencyReport, latency_report, latency_rows
 from kdcli.onnx.parity import ParityReport, check_parity, default_atol
 from kdcli.onnx.quantize import quantize_int8
@@ -74,7 +79,8 @@ def export_profile(profile: Profile, student_dir: Path | None = None, output: Pa
     if not student_dir.exists():
         raise BadInput(f"no student at {student_dir}", hint="run kdcli distill first, or pass --student DIR")
     out = Path(output or run.export)
-    student = load_student(profile, student_dir)
+    classes = job_labels(profile, student_dir)
+    student = load_student(profile, student_dir, classes=classes)
     student.module.eval()
     view = student.exportable()
     batches = _parity_batches(profile, student)
@@ -85,6 +91,8 @@ def export_profile(profile: Profile, student_dir: Path | None = None, output: Pa
     onnx_path = export_onnx(view.module, _ordered(batches[0], view.input_names), out / "model.onnx",
                             output_names=view.output_names, dynamic_axes=view.dynamic_axes,
                             opset=profile.export.opset)
+    set_metadata(onnx_path, onnx_metadata(profile.task, classes))
+    write_serving_files(out, student, classes)
     say("checking parity in onnxruntime")
     parity = _parity(view, onnx_path, batches, tolerance)
     atomic_write_json(out / "parity.json", parity.to_json())
@@ -95,6 +103,29 @@ def export_profile(profile: Profile, student_dir: Path | None = None, output: Pa
         say("measuring latency: teacher vs student, PyTorch vs onnxruntime")
         result.latency = _latency(profile, student, batches[0], onnx_path, out, parity, latency_seconds)
     return result
+
+
+def onnx_metadata(task: str, classes: LabelMap | None) -> dict[str, str]:
+    """What the ONNX file says about itself: the task, and the class name of each output index."""
+    meta = {"task": task, "producer": f"kdcli {kdcli.__version__}"}
+    if classes is not None:
+        meta["id2label"] = json.dumps({str(i): name for i, name in enumerate(classes.names)})
+    return meta
+
+
+def write_serving_files(out: Path, student: Adapter, classes: LabelMap | None) -> None:
+    """config.json beside model.onnx: the model's config, with the job's class names (id2label/label2id)."""
+    if isinstance(student, HFAdapter):
+        atomic_write_text(out / "config.json", student.config.to_json_string())
+        return
+    assert isinstance(student, TimmAdapter)
+    source = Path(student.path) / "config.json" if student.path else None
+    config = json.loads(source.read_text(encoding="utf-8")) if source and source.is_file() else {
+        "architecture": student.arch, "num_classes": student.num_labels, "model_args": student.model_args}
+    if classes is not None:
+        config.update(label_names=list(classes.names), id2label={str(i): n for i, n in enumerate(classes.names)},
+                      label2id=classes.label2id)
+    atomic_write_json(out / "config.json", config)
 
 
 def parity_gate(parity: ParityReport) -> None:
@@ -129,6 +160,7 @@ def _parity(view: Exportable, onnx_path: Path, batches: list[dict[str, Tensor]],
 
 def _int8(view: Exportable, onnx_path: Path, out: Path, batches: list[dict[str, Tensor]], atol: float) -> Int8Result:
     quantized = quantize_int8(onnx_path, out / "model.int8.onnx")
+    set_metadata(quantized, read_metadata(onnx_path))
     parity = _parity(view, quantized, batches, atol)
     atomic_write_json(out / "parity.int8.json", parity.to_json())
     return Int8Result(onnx=quantized, size_bytes=dir_size(quantized), parity=parity)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from kdcli import data
+from kdcli.data.labels import CLASSIFICATION, LabelMap, is_default_names, job_labels
 from kdcli.errors import DataError
 from kdcli.models import Adapter
 from kdcli.profile import Profile
@@ -59,50 +60,68 @@ class Split:
 
 
 def load_split(profile: Profile, which: str, model: Adapter, *, labels: bool = True,
-               source: str | Path | None = None) -> Split:
-    """The `which` split (train, eval, unlabeled) of the profile, prepared for `model`."""
+               source: str | Path | None = None, classes: LabelMap | None = None) -> Split:
+    """The `which` split (train, eval, unlabeled) of the profile, prepared for `model`.
+
+    Labels are mapped through `classes`, the job's one mapping (job_labels(profile) when not given), so every
+    split numbers the classes alike whatever classes it happens to hold.
+    """
     source = source or getattr(profile.data, which)
     if source is None:
         raise DataError(f"data.{which} is not set in the profile", hint=f"add data.{which}: PATH")
+    if labels and classes is None and profile.task in CLASSIFICATION:
+        classes = job_labels(profile, getattr(model, "path", None) if profile.teacher is None else None)
     if model.family == "timm":
-        return _image_split(profile, str(source), model, labels)
-    return _text_split(profile, Path(source), model, labels)
+        return _image_split(profile, str(source), model, classes if labels else None)
+    return _text_split(profile, Path(source), model, classes if labels else None)
 
 
-def _text_split(profile: Profile, path: Path, model: Adapter, labels: bool) -> Split:
+def _text_split(profile: Profile, path: Path, model: Adapter, classes: LabelMap | None) -> Split:
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise DataError(f"{getattr(model, 'path', 'the model')}: no tokenizer beside the checkpoint",
                         hint="save the tokenizer into the checkpoint folder (tokenizer.save_pretrained)")
     d = profile.data
-    label2id = model.label2id() if labels and model.num_labels else None
+    hint = ("the teacher does not name its classes: list them in data.classes, in the order of its outputs"
+            if classes is not None and classes.source == "teacher" and is_default_names(classes.names) else None)
     examples = data.read_text(path, text_column=d.text_column,
-                              label_column=d.label_column if labels and model.num_labels else None,
-                              label2id=label2id or None)
-    if d.limit:
-        examples = examples[: d.limit]
+                              label_column=d.label_column if classes is not None else None,
+                              label2id=classes.label2id if classes is not None else None,
+                              limit=d.limit, unknown_hint=hint)
     features = data.tokenize(examples, tokenizer, d.max_length)
     return Split(kind="text", size=len(features), lengths=[len(f["input_ids"]) for f in features],
                  features=features, sources=[e.source for e in examples], texts=[e.text for e in examples],
                  pad_token_id=tokenizer.pad_token_id or 0)
 
 
-def _image_split(profile: Profile, source: str, model: Adapter, labels: bool) -> Split:
+def _image_split(profile: Profile, source: str, model: Adapter, classes: LabelMap | None) -> Split:
     config = model.data_config  # type: ignore[attr-defined]
     channels, size = int(config["input_size"][0]), int(config["input_size"][-1])
     images = data.read_images(source, image_size=profile.data.image_size or size, channels=channels)
     pixels = data.normalize_images(images.images, tuple(config["mean"]), tuple(config["std"]))
     keep = slice(0, profile.data.limit)
+    labels = map_image_labels(source, images, classes) if classes is not None and images.labels is not None else None
     return Split(kind="image", size=len(pixels[keep]), images=pixels[keep],
-                 labels=images.labels[keep] if labels and images.labels is not None else None,
-                 sources=images.sources[keep])
+                 labels=labels[keep] if labels is not None else None, sources=images.sources[keep])
 
 
-def train_and_eval(profile: Profile, model: Adapter) -> tuple[Split, Split | None]:
+def map_image_labels(source: str, images: data.ImageData, classes: LabelMap) -> Tensor:
+    """The images' labels as the job's class ids: by class name, never by the position of a folder."""
+    ids = [classes.id_of(name) for name in images.class_names]
+    unknown = [(name, i) for i, (name, got) in enumerate(zip(images.class_names, ids)) if got is None]
+    if unknown:
+        name, local = unknown[0]
+        example = images.sources[int((images.labels == local).nonzero()[0])] if (images.labels == local).any() else ""
+        raise DataError(f"{source}: class '{name}'{f' (e.g. {example})' if example else ''} is not one of the "
+                        f"job's {len(classes)} classes", hint=f"known classes: {classes.known()}")
+    return torch.tensor(ids, dtype=torch.long)[images.labels]
+
+
+def train_and_eval(profile: Profile, model: Adapter, classes: LabelMap | None = None) -> tuple[Split, Split | None]:
     """The training split, and the eval split (or a held-out share of train when eval is unset)."""
-    train = load_split(profile, "train", model)
+    train = load_split(profile, "train", model, classes=classes)
     if profile.data.eval:
-        return train, load_split(profile, "eval", model)
+        return train, load_split(profile, "eval", model, classes=classes)
     if profile.data.eval_fraction > 0:
         keep, held = data.split_indices(train.size, profile.data.eval_fraction, profile.train.seed)
         return subset(train, keep), subset(train, held)

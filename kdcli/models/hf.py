@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -160,8 +160,12 @@ class _Bare(nn.Module):
         return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask), self.output)
 
 
-def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head: bool = False) -> HFAdapter:
-    """Load a local save_pretrained folder for `task`; never runs remote code, never touches a hub."""
+def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head: bool = False,
+            classes: Sequence[str] | None = None) -> HFAdapter:
+    """Load a local save_pretrained folder for `task`; never runs remote code, never touches a hub.
+
+    `classes` names the outputs of a classification head; a new head (allow_new_head) gets one per class.
+    """
     path = Path(path)
     _check_folder(path)
     try:
@@ -170,6 +174,16 @@ def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head
         raise CheckpointError(f"{path}/config.json: cannot read the model config: {_first_line(exc)}",
                               hint="the folder should come from save_pretrained()") from None
     kwargs = {"num_labels": num_labels} if num_labels and task == "sequence-classification" else {}
+    trained_head = any("ForSequenceClassification" in str(a) for a in getattr(config, "architectures", None) or [])
+    if classes and task == "sequence-classification":
+        if trained_head and config.num_labels != len(classes):
+            raise CheckpointError(f"{path}: its classification head has {config.num_labels} outputs, and the job "
+                                  f"has {len(classes)} classes ({_names(classes)})",
+                                  hint="start from a checkpoint without a head (an encoder), or one trained on these "
+                                       "classes; data.classes lists them")
+        config.id2label = dict(enumerate(classes))
+        config.label2id = {name: i for i, name in enumerate(classes)}
+        kwargs = {}
     try:
         model, info = AUTO_CLASSES[task].from_pretrained(
             path, config=config, local_files_only=True, trust_remote_code=False, attn_implementation="sdpa",
@@ -201,6 +215,11 @@ def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head
                               hint="a teacher must be trained for its task; check the profile's `task`")
     model.eval()
     return HFAdapter(model, _load_tokenizer(path), task, path)
+
+
+def _names(classes: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(repr(c) for c in list(classes)[:limit])
+    return shown + (", ..." if len(classes) > limit else "")
 
 
 def _body_keys(model: PreTrainedModel, keys: list[str]) -> list[str]:

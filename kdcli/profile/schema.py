@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
@@ -92,6 +93,18 @@ class DataSpec(Strict):
     image_size: int | None = Field(None, ge=8, le=4096)
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="hold out this share of train when eval is unset")
     limit: int | None = Field(None, ge=1, le=COUNT_MAX, description="use only the first N rows of each data file")
+    classes: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None, min_length=1, max_length=CLASSES_MAX,
+        description="class names in output order, for a model trained from labels (default: the teacher's, "
+                    "else the sorted distinct training labels)")
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, value: list[str] | None) -> list[str] | None:
+        twice = [name for name, n in Counter(value or []).items() if n > 1]
+        if twice:
+            raise ValueError(f"class {twice[0]!r} is listed twice")
+        return value
 
 
 class NoiseSpec(Strict):

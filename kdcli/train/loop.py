@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from kdcli.data.labels import LabelMap
 from kdcli.data.splits import Split
 from kdcli.errors import BadInput
 from kdcli.losses import build_losses, needs
@@ -48,6 +49,7 @@ class Job:
     evalset: Split | None
     pseudo: tuple[Split, Tensor] | None
     teacher_eval: Tensor | None  # the frozen teacher's eval outputs, computed once
+    classes: LabelMap | None = None  # the job's class names, in output order (classification tasks)
 
     def evaluate(self) -> PairMetrics:
         self.student.module.eval()
