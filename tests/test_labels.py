@@ -12,10 +12,10 @@ import onnx
 import pytest
 import torch
 import yaml
+from conftest import WORDS
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import WORDS
 from kdcli.cli import app
 
 TOPICS = ["sports", "politics", "tech", "science"]  # sorted: politics, science, sports, tech
