@@ -26,7 +26,7 @@ from kdcli.models.base import Exportable
 from kdcli.models.hf import HFAdapter
 from kdcli.models.timm import TimmAdapter
 from kdcli.onnx.export import export_onnx, read_metadata, set_metadata
-from kdcli.onnx.latency import LatencyReport, latency_report, latency_rows
+from kdcli.onnx.latency import INT8, LatencyReport, latency_report, latency_rows
 from kdcli.onnx.parity import ParityReport, check_parity, default_atol
 from kdcli.onnx.quantize import quantize_int8
 from kdcli.onnx.report import plot_png, render_markdown
@@ -37,14 +37,41 @@ from kdcli.runtime.files import atomic_write_json, atomic_write_text
 
 @dataclass
 class Int8Result:
-    """model.int8.onnx and its parity to PyTorch (reported, not gated)."""
+    """model.int8.onnx judged as its users judge it: the task metric on the eval data beside the fp32 model's.
+
+    `metric` is accuracy where the data has labels, the cosine to the teacher for embeddings with a teacher,
+    else agreement with the fp32 model (top-1, or cosine), whose own value is then 1. `drop` is fp32 - int8;
+    `max_drop` and `passed` are set when `--max-drop` gates it. `max_abs_diff` per output, to PyTorch, is
+    informational: int8 is never within fp32's tolerance.
+    """
 
     onnx: Path
     size_bytes: int
-    parity: ParityReport
+    samples: int
+    metric: str | None
+    fp32: float | None
+    int8: float | None
+    agreement: dict[str, float]          # int8 against fp32 on the same samples: top1 (or cosine)
+    max_abs_diff: dict[str, float | None]
+    max_drop: float | None = None
+
+    @property
+    def drop(self) -> float | None:
+        return None if self.fp32 is None or self.int8 is None else self.fp32 - self.int8
+
+    @property
+    def passed(self) -> bool | None:
+        if self.max_drop is None:
+            return None
+        return self.drop is not None and self.drop <= self.max_drop
 
     def to_json(self) -> dict[str, Any]:
-        return {"onnx": str(self.onnx), "size_bytes": self.size_bytes, "parity": self.parity.to_json()}
+        out = {"onnx": str(self.onnx), "size_bytes": self.size_bytes, "samples": self.samples, "metric": self.metric,
+               "fp32": self.fp32, "int8": self.int8, "drop": self.drop, "agreement_with_fp32": dict(self.agreement),
+               "max_abs_diff": dict(self.max_abs_diff)}
+        if self.max_drop is not None:
+            out.update(max_drop=self.max_drop, passed=self.passed)
+        return out
 
 
 @dataclass
@@ -71,8 +98,14 @@ class ExportResult:
 
 def export_profile(profile: Profile, student_dir: Path | None = None, output: Path | None = None,
                    atol: float | None = None, quantize: str | None = None, latency: bool = True,
-                   on_event: Callable[[str], None] | None = None, latency_seconds: float = 0.5) -> ExportResult:
-    """Export the student, check parity on real batches, and optionally quantize and time it."""
+                   on_event: Callable[[str], None] | None = None, latency_seconds: float = 0.5,
+                   max_drop: float | None = None) -> ExportResult:
+    """Export the student, check parity on real batches, and optionally quantize and time it.
+
+    With quantize="int8", the int8 model is scored on the eval data beside the fp32 one; `max_drop` gates it
+    (see int8_gate)."""
+    if max_drop is not None and quantize != "int8":
+        raise BadInput("--max-drop judges the int8 model: it needs --quantize int8", hint="add --quantize int8")
     say = on_event or (lambda message: None)
     run = Run(profile.output)
     student_dir = Path(student_dir or run.student)
@@ -98,10 +131,14 @@ def export_profile(profile: Profile, student_dir: Path | None = None, output: Pa
     atomic_write_json(out / "parity.json", parity.to_json())
     result = ExportResult(output_dir=out, onnx=onnx_path, parity=parity, size_bytes={"onnx": dir_size(onnx_path)})
     if quantize == "int8":
-        result.int8 = _int8(view, onnx_path, out, batches, tolerance)
+        say("quantizing to int8 and scoring it beside fp32 on the eval data")
+        result.int8 = _int8(profile, student, classes, view, onnx_path, out, batches, max_drop)
+        result.size_bytes["int8"] = result.int8.size_bytes
     if latency:
         say("measuring latency: teacher vs student, PyTorch vs onnxruntime")
-        result.latency = _latency(profile, student, batches[0], onnx_path, out, parity, latency_seconds)
+        int8_path = result.int8.onnx if result.int8 is not None else None
+        result.latency = _latency(profile, student, batches[0], onnx_path, out, parity, latency_seconds, int8_path)
+    write_report(out, parity, result.latency, result.int8)
     return result
 
 
@@ -158,20 +195,77 @@ def _parity(view: Exportable, onnx_path: Path, batches: list[dict[str, Tensor]],
                         view.output_names)
 
 
-def _int8(view: Exportable, onnx_path: Path, out: Path, batches: list[dict[str, Tensor]], atol: float) -> Int8Result:
+def int8_gate(int8: Int8Result | None) -> None:
+    """Exit 1 (GateFailed) when --max-drop was given and the int8 model lost more of the metric than that."""
+    if int8 is None or int8.passed is not False:
+        return
+    drop = "unknown (no eval data to score it on)" if int8.drop is None else f"{int8.drop:.4f}"
+    raise GateFailed(f"gate --max-drop {int8.max_drop:g} failed: int8 {int8.metric} is "
+                     f"{_num(int8.int8)} against fp32's {_num(int8.fp32)}, a drop of {drop}",
+                     hint="see int8.json; ship model.onnx (fp32), or raise --max-drop")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _int8(profile: Profile, student: Adapter, classes: LabelMap | None, view: Exportable, onnx_path: Path,
+          out: Path, batches: list[dict[str, Tensor]], max_drop: float | None) -> Int8Result:
+    """Quantize, then score both ONNX files on the eval data (train without eval) as evaluate would."""
     quantized = quantize_int8(onnx_path, out / "model.int8.onnx")
     set_metadata(quantized, read_metadata(onnx_path))
-    parity = _parity(view, quantized, batches, atol)
-    atomic_write_json(out / "parity.int8.json", parity.to_json())
-    return Int8Result(onnx=quantized, size_bytes=dir_size(quantized), parity=parity)
+    diffs = check_parity(view.module, quantized, [_ordered(b, view.input_names) for b in batches], 0.0,
+                         view.output_names).diffs()
+    result = Int8Result(onnx=quantized, size_bytes=dir_size(quantized), samples=0, metric=None, fp32=None, int8=None,
+                        agreement={}, max_abs_diff=diffs, max_drop=max_drop)
+    which = "eval" if profile.data.eval else "train" if profile.data.train else None
+    if which is not None:
+        labels = profile.task in ("sequence-classification", "image-classification")
+        split = load_split(profile, which, student, labels=labels, classes=classes)
+        _score_int8(profile, split, onnx_path, quantized, result)
+    atomic_write_json(out / "int8.json", result.to_json())
+    return result
+
+
+def _score_int8(profile: Profile, split: Split, fp32_path: Path, int8_path: Path, result: Int8Result) -> None:
+    from kdcli.commands.evaluate import onnx_forward
+    from kdcli.metrics import collect, task_metrics
+
+    cpu, size = torch.device("cpu"), profile.train.batch_size
+    fp32, labels = collect(onnx_forward(fp32_path, profile.task), split, size, cpu)
+    int8, _ = collect(onnx_forward(int8_path, profile.task), split, size, cpu)
+    result.samples = split.size
+    embedding = profile.task == "embedding"
+    if embedding:
+        result.agreement = {"cosine": torch.nn.functional.cosine_similarity(int8, fp32, dim=-1).mean().item()}
+    else:
+        result.agreement = {"top1": (int8.argmax(-1) == fp32.argmax(-1)).float().mean().item()}
+    if labels is not None and not embedding and profile.task != "masked-lm":
+        result.metric = "accuracy"
+        result.fp32, result.int8 = task_metrics(fp32, labels)["accuracy"], task_metrics(int8, labels)["accuracy"]
+        return
+    teacher = load_teacher(profile) if embedding and profile.teacher is not None else None
+    if teacher is not None:
+        from kdcli.metrics import outputs_of
+        target, _ = collect(outputs_of(teacher, profile.task), split, size, cpu)
+        result.metric = "cosine_to_teacher"
+        result.fp32 = torch.nn.functional.cosine_similarity(fp32, target, dim=-1).mean().item()
+        result.int8 = torch.nn.functional.cosine_similarity(int8, target, dim=-1).mean().item()
+        return
+    name = "cosine" if embedding else "top1"
+    result.metric, result.fp32, result.int8 = f"{name}_to_fp32", 1.0, result.agreement[name]
 
 
 def _latency(profile: Profile, student: Adapter, batch: dict[str, Tensor], onnx_path: Path, out: Path,
-             parity: ParityReport, min_seconds: float = 0.5) -> LatencyReport:
-    """Teacher vs student in PyTorch and onnxruntime at the profile's batch sizes and the data's shape."""
+             parity: ParityReport, min_seconds: float = 0.5, int8_path: Path | None = None) -> LatencyReport:
+    """Teacher vs student (and the int8 student, onnxruntime only) at the profile's batch sizes and the data's
+    shape."""
     view = student.exportable()
     models: dict[str, tuple[Any, Path | None]] = {"student": (view.module, onnx_path)}
     sizes = {"student": dir_size(onnx_path)}
+    if int8_path is not None:
+        models[INT8] = (None, int8_path)
+        sizes[INT8] = dir_size(int8_path)
     teacher = load_teacher(profile) if profile.teacher is not None else None
     if teacher is not None and teacher.family == student.family:
         t_view = teacher.exportable()
@@ -185,11 +279,16 @@ def _latency(profile: Profile, student: Adapter, batch: dict[str, Tensor], onnx_
     rows = latency_rows(models, lambda size: _synthetic(batch, view.input_names, size), profile.export.batch_sizes,
                         view.shape_key, shape, threads, min_seconds=min_seconds)
     report = latency_report(rows, threads, sizes)
-    atomic_write_json(out / "latency.json", report)
-    atomic_write_text(out / "report.md", render_markdown(report, parity.to_json()))
     chart = plot_png(report, out / "latency.png")
     report["chart"] = str(chart) if chart else None
+    atomic_write_json(out / "latency.json", {k: v for k, v in report.items() if k != "chart"})
     return report
+
+
+def write_report(out: Path, parity: ParityReport, latency: LatencyReport | None, int8: Int8Result | None) -> None:
+    """report.md: parity, the int8 model's score beside fp32, and latency when measured."""
+    atomic_write_text(out / "report.md", render_markdown(latency, parity.to_json(),
+                                                         int8.to_json() if int8 is not None else None))
 
 
 def _shape_of(batch: dict[str, Tensor], key: str) -> int:
