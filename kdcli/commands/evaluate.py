@@ -161,6 +161,9 @@ def onnx_forward(path: Path, task: str) -> Forward:
     names = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
 
+    if task == "embedding" and "sentence_embedding" in outputs:
+        outputs = ["sentence_embedding"]  # pooled (and normalized) as the model's pipeline does
+
     def run(batch: dict[str, Tensor]) -> Tensor:
         feed = {name: batch[name].cpu().numpy() for name in names}
         result = torch.from_numpy(np.asarray(session.run(outputs[:1], feed)[0]))

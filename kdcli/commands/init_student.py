@@ -37,6 +37,7 @@ def init_student(profile: Profile) -> InitReport:
     assert teacher is not None
     if isinstance(teacher, HFAdapter):
         student, layers, copied = shrink_transformer(teacher, init, profile.task)
+        student.pipeline = teacher.pipeline  # a sentence-transformers teacher's modules, over the student's weights
     else:
         student, layers, copied = shrink_timm(teacher, init)
     _name_classes(student, job_labels(profile, head=teacher.num_labels))

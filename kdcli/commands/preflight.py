@@ -50,6 +50,8 @@ def preflight(profile: Profile, *, for_check: bool = False) -> Preflight:
     classes = job_labels(profile)
     student = load_student(profile, classes=classes) if Path(profile.student.path).exists() or not for_check else None
     reader = teacher if teacher is not None and profile.needs_teacher() else student or teacher
+    if student is not None and getattr(student, "pipeline", 1) is None and getattr(teacher, "pipeline", None):
+        student.pipeline = teacher.pipeline  # type: ignore[union-attr] - the embedding the student learns to give
     result = Preflight(classes, teacher, student, reader)
     if reader is None:
         _parse_only(profile, classes, result)

@@ -88,7 +88,11 @@ def _text_split(profile: Profile, path: Path, model: Adapter, classes: LabelMap 
                               label_column=d.label_column if classes is not None else None,
                               label2id=classes.label2id if classes is not None else None,
                               limit=d.limit, unknown_hint=hint)
-    features = data.tokenize(examples, tokenizer, d.max_length)
+    pipeline = getattr(model, "pipeline", None) if profile.task == "embedding" else None
+    if pipeline is not None and pipeline.do_lower_case:  # sentence-transformers lowercases before tokenizing
+        examples = [data.TextExample(e.text.lower(), e.label, e.source) for e in examples]
+    limit = getattr(model, "max_length", None)  # a sentence-transformers pipeline's max_seq_length, if any
+    features = data.tokenize(examples, tokenizer, min(d.max_length, limit) if limit else d.max_length)
     return Split(kind="text", size=len(features), lengths=[len(f["input_ids"]) for f in features],
                  features=features, sources=[e.source for e in examples], texts=[e.text for e in examples],
                  pad_token_id=tokenizer.pad_token_id or 0)

@@ -22,6 +22,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from kdcli.errors import CheckpointError
 from kdcli.models.base import Adapter, Exportable, Outputs, mean_pool
+from kdcli.models.st import Pipeline, read_pipeline
 from kdcli.runtime.files import atomic_path
 
 AUTO_CLASSES = {
@@ -70,11 +71,13 @@ def record_attention_scores() -> Iterator[list[Tensor]]:
 class HFAdapter(Adapter):
     family = "transformers"
 
-    def __init__(self, model: PreTrainedModel, tokenizer: object | None, task: str, path: Path | None = None) -> None:
+    def __init__(self, model: PreTrainedModel, tokenizer: object | None, task: str, path: Path | None = None,
+                 pipeline: Pipeline | None = None) -> None:
         self.module = model
         self.tokenizer = tokenizer
         self.task = task
         self.path = path
+        self.pipeline = pipeline  # a sentence-transformers folder's pooling/normalize: the embedding it returns
         self._attention = "sdpa"
 
     @property
@@ -123,22 +126,40 @@ class HFAdapter(Adapter):
             hidden_states=hidden,
             attentions=tuple(out.attentions or ()) if "attentions" in needs else (),
             attention_scores=tuple(scores),
-            embedding=mean_pool(last, mask) if "embedding" in needs and last is not None else None,
+            embedding=self.embed(last, mask) if "embedding" in needs and last is not None else None,
             attention_mask=mask,
         )
 
+    def embed(self, last_hidden: Tensor, mask: Tensor | None) -> Tensor:
+        """The sentence embedding: the pipeline's pooling (and normalization), mean pooling without one."""
+        if self.pipeline is not None and self.task == "embedding":
+            return self.pipeline.embed(last_hidden, mask)
+        return mean_pool(last_hidden, mask)
+
+    @property
+    def max_length(self) -> int | None:
+        """The longest input the model's pipeline takes (sentence-transformers' max_seq_length), if it says."""
+        return self.pipeline.max_seq_length if self.pipeline is not None and self.task == "embedding" else None
+
     def exportable(self) -> Exportable:
-        output = "last_hidden_state" if self.task == "embedding" else "logits"
-        axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                output: {0: "batch", 1: "sequence"} if output == "last_hidden_state" or self.task == "masked-lm"
-                else {0: "batch"}}
-        return Exportable(_Bare(self.module, output), ["input_ids", "attention_mask"], [output], axes, "seq_len")
+        axes = {"input_ids": {0: "batch_size", 1: "sequence_length"},
+                "attention_mask": {0: "batch_size", 1: "sequence_length"}}
+        if self.task == "embedding":  # the token states, and the sentence embedding as the pipeline makes it
+            outputs = ["last_hidden_state", "sentence_embedding"]
+            axes.update(last_hidden_state={0: "batch_size", 1: "sequence_length"},
+                        sentence_embedding={0: "batch_size"})
+        else:
+            outputs = ["logits"]
+            axes["logits"] = {0: "batch_size", 1: "sequence_length"} if self.task == "masked-lm" else {0: "batch_size"}
+        return Exportable(_Bare(self, outputs), ["input_ids", "attention_mask"], outputs, axes, "seq_len")
 
     def save(self, directory: Path) -> None:
         with atomic_path(Path(directory)) as tmp:
             self.module.save_pretrained(tmp, safe_serialization=True)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
+            if self.pipeline is not None and self.task == "embedding":
+                self.pipeline.for_width(self.width(0)).write(tmp)
 
     def example_batch(self, batch_size: int = 2, seq_len: int = 8) -> dict[str, Tensor]:
         generator = torch.Generator().manual_seed(0)
@@ -149,15 +170,20 @@ class HFAdapter(Adapter):
 
 
 class _Bare(nn.Module):
-    """input_ids, attention_mask -> one named output: what optimum exports for these tasks."""
+    """input_ids, attention_mask -> the named outputs optimum exports for these tasks (logits; for embeddings
+    last_hidden_state, and sentence_embedding as optimum's sentence-transformers export has it)."""
 
-    def __init__(self, model: PreTrainedModel, output: str) -> None:
+    def __init__(self, adapter: HFAdapter, outputs: list[str]) -> None:
         super().__init__()
-        self.model = model
-        self.output = output
+        self.model = adapter.module
+        self.embed = adapter.embed
+        self.outputs = outputs
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask), self.output)
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        if self.outputs == ["logits"]:
+            return out.logits
+        return out.last_hidden_state, self.embed(out.last_hidden_state, attention_mask)
 
 
 def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head: bool = False,
@@ -214,7 +240,7 @@ def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head
         raise CheckpointError(f"{path}: the checkpoint lacks weights the {task} model needs: {', '.join(missing[:4])}",
                               hint="a teacher must be trained for its task; check the profile's `task`")
     model.eval()
-    return HFAdapter(model, _load_tokenizer(path), task, path)
+    return HFAdapter(model, _load_tokenizer(path), task, path, read_pipeline(path) if task == "embedding" else None)
 
 
 def _names(classes: Sequence[str], limit: int = 6) -> str:
