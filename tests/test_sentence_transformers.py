@@ -89,6 +89,10 @@ def test_the_student_folder_carries_the_pipeline(st_job, one_thread):
     assert [type(m).__name__ for m in model] == ["Transformer", "Pooling", "Normalize"]
     assert model[1].pooling_mode == "cls" and model.max_seq_length == 12
     assert np.allclose(np.linalg.norm(encode(student), axis=1), 1.0, atol=1e-5)
+    from huggingface_hub import ModelCard
+    card = ModelCard.load(student / "README.md")
+    assert card.data.library_name == "sentence-transformers" and card.data.pipeline_tag == "sentence-similarity"
+    assert card.data.to_dict()["kdcli"]["pipeline"] == {"pooling": ["cls"], "normalize": True, "max_seq_length": 12}
 
     result = kd("distill", st_job)
     assert result.exit_code == 0, result.output

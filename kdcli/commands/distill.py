@@ -20,7 +20,7 @@ from kdcli.runtime.distributed import Session, barrier, session
 from kdcli.runtime.files import append_jsonl, atomic_write_text
 from kdcli.runtime.lock import run_lock
 from kdcli.train.checkpoint import load_checkpoint, save_checkpoint
-from kdcli.train.loop import Job, OnStep, new_state, steps_of, train_stage
+from kdcli.train.loop import Job, OnStep, new_state, steps_of, train_stage, write_card
 from kdcli.train.schedule import seed_everything
 from kdcli.train.state import stage_done
 
@@ -90,7 +90,7 @@ def _prepare(profile: Profile, where: Session) -> Job:
     if where.main and teacher is not None and found.evalset is not None:  # the teacher never changes: once
         teacher_eval = collect(outputs_of(teacher, profile.task), found.evalset, cfg.batch_size, device)[0]
     return Job(profile, Run(profile.output), where, student, teacher, reader, found.train, found.evalset,
-               found.pseudo, teacher_eval, found.classes)
+               found.pseudo, teacher_eval, found.classes, found.losses, found.samples)
 
 
 def _finish(job: Job, best: float | None) -> DistillResult:
@@ -104,6 +104,7 @@ def _finish(job: Job, best: float | None) -> DistillResult:
         job.student.save(run.student)
         result.eval = job.evaluate().to_json() if job.evalset is not None else {}
         append_jsonl(run.metrics, {"final": True, "eval": result.eval})
+        write_card(job, run.student, result.eval, _steps(run))
     barrier(job.session.world)
     return result
 
@@ -147,3 +148,18 @@ def _forget_metrics_after(run: Run, stages: list[str], state: dict[str, Any]) ->
         if stage is not None and (stage, record.get("step", 0)) <= (state["stage"], state["step"]):
             kept.append(line)
     atomic_write_text(run.metrics, "".join(line + "\n" for line in kept))
+
+
+def _steps(run: Run) -> int | None:
+    """Optimizer steps the run took over all stages, as metrics.jsonl logged them."""
+    if not run.metrics.is_file():
+        return None
+    steps: dict[str, int] = {}
+    for line in run.metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if "stage" in record and "step" in record:
+            steps[record["stage"]] = max(steps.get(record["stage"], 0), int(record["step"]))
+    return sum(steps.values()) or None

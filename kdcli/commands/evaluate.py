@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdcli.card import read_facts, update_card
 from kdcli.data.labels import LabelMap, job_labels
 from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, GateFailed
@@ -80,7 +81,18 @@ def evaluate(profile: Profile, model: str = "student", output: Path | None = Non
             report.retention = _retention(report)
         if where.main:
             atomic_write_json(Path(output) if output else Run(profile.output).eval_report, report.to_json())
+            _card(candidate, report)
     return report
+
+
+def _card(candidate: Candidate, report: EvalReport) -> None:
+    """The evaluated student's card (a folder kdcli wrote, never the teacher's) gets the metrics and retention."""
+    folder = Path(candidate.name)
+    if candidate.adapter is None or not folder.is_dir() or not read_facts(folder):
+        return
+    update_card(folder, {"eval": {"samples": report.samples, "metrics": report.metrics,
+                                  "teacher_metrics": report.teacher_metrics, "agreement": report.agreement,
+                                  "retention": report.retention}})
 
 
 def check_gates(report: EvalReport, gates: Gates) -> None:

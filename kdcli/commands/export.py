@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 import kdcli
+from kdcli.card import read_facts, update_card
 from kdcli.data.labels import LabelMap, job_labels
 from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, GateFailed
@@ -139,7 +140,22 @@ def export_profile(profile: Profile, student_dir: Path | None = None, output: Pa
         int8_path = result.int8.onnx if result.int8 is not None else None
         result.latency = _latency(profile, student, batches[0], onnx_path, out, parity, latency_seconds, int8_path)
     write_report(out, parity, result.latency, result.int8)
+    if read_facts(student_dir):  # a student kdcli wrote: its card gets the export's numbers
+        update_card(student_dir, {"export": _card_facts(result)})
     return result
+
+
+def _card_facts(result: ExportResult) -> dict[str, Any]:
+    diffs = [d for d in result.parity.diffs().values()]
+    facts: dict[str, Any] = {"parity_ok": result.parity.ok, "atol": result.parity.atol,
+                             "max_abs_diff": None if None in diffs else max(diffs, default=None),
+                             "onnx_size_bytes": result.size_bytes.get("onnx")}
+    if result.latency is not None:
+        facts.update(speedup=result.latency.get("speedup"), speedup_int8=result.latency.get("speedup_int8"))
+    if result.int8 is not None:
+        facts["int8"] = {k: v for k, v in result.int8.to_json().items() if k in ("metric", "fp32", "int8", "drop",
+                                                                                    "size_bytes")}
+    return facts
 
 
 def onnx_metadata(task: str, classes: LabelMap | None) -> dict[str, str]:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kdcli.card import student_facts, update_card
 from kdcli.data.labels import LabelMap, job_labels
 from kdcli.errors import BadInput
 from kdcli.models import Adapter, dir_size, load_teacher
@@ -40,9 +41,15 @@ def init_student(profile: Profile) -> InitReport:
         student.pipeline = teacher.pipeline  # a sentence-transformers teacher's modules, over the student's weights
     else:
         student, layers, copied = shrink_timm(teacher, init)
-    _name_classes(student, job_labels(profile, head=teacher.num_labels))
+    classes = job_labels(profile, head=teacher.num_labels)
+    _name_classes(student, classes)
     out = profile.student.path
     student.save(out)
+    update_card(out, {**student_facts(profile, student, out, classes), "layer_map": layers or None,
+                      "dropped": list(init.drop) or None, "copied_tensors": copied,
+                      "architecture": init.architecture if init.architecture != "same" else None,
+                      "teacher_params": teacher.param_count(),
+                      "teacher_size_bytes": dir_size(teacher.path) if teacher.path else None})
     return InitReport(
         teacher=_describe(teacher, teacher.path), student=_describe(student, out), layer_map=layers,
         dropped=list(init.drop), copied_tensors=copied, output_dir=str(out))
@@ -61,6 +68,8 @@ def _fresh_student(profile: Profile) -> InitReport:
     student = TimmAdapter(create(init.architecture, **args).eval(), init.architecture, args)
     _name_classes(student, classes)
     student.save(profile.student.path)
+    update_card(profile.student.path, {**student_facts(profile, student, profile.student.path, classes),
+                                       "architecture": init.architecture})
     described = _describe(student, profile.student.path)
     return InitReport(teacher={}, student=described, layer_map=[], copied_tensors=0,
                       output_dir=str(profile.student.path))
