@@ -119,9 +119,12 @@ def test_the_onnx_export_has_the_sentence_embedding(st_job, tmp_path, one_thread
     assert set(parity["outputs"]) == {"last_hidden_state", "sentence_embedding"} and parity["ok"] is True
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["last_hidden_state", "sentence_embedding"]
-    from transformers import AutoTokenizer
-    batch = AutoTokenizer.from_pretrained(student)(SENTENCES, padding=True, truncation=True, max_length=12,
-                                                   return_tensors="np")
+    from transformers import AutoConfig, AutoTokenizer
+    alone = tmp_path.parent / f"{tmp_path.name}-alone"  # the export folder by itself serves the embedding
+    shutil.copytree(tmp_path, alone)
+    assert AutoConfig.from_pretrained(alone).hidden_size == 32
+    batch = AutoTokenizer.from_pretrained(alone)(SENTENCES, padding=True, truncation=True, max_length=12,
+                                                 return_tensors="np")
     (got,) = session.run(["sentence_embedding"], {"input_ids": batch["input_ids"],
                                                   "attention_mask": batch["attention_mask"]})
     np.testing.assert_allclose(got, encode(student), atol=1e-5)

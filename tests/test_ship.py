@@ -281,3 +281,75 @@ def test_the_int8_gate_both_ways(embedding_jobs, tmp_path):
     assert "error: gate --max-drop 0 failed: int8 cosine_to_fp32 is" in failed.stderr
     assert "against fp32's 1.0000" in failed.stderr and "hint: see int8.json" in failed.stderr
     assert json.loads((tmp_path / "b" / "int8.json").read_text())["passed"] is False
+
+
+# --- the export folder serves on its own ---------------------------------------------------------------
+# optimum-onnx (0.1.0, the only release) requires transformers<4.58 and does not install beside this
+# transformers 5.x, so the folder is read here as optimum's ORTModel classes would read it: model.onnx in
+# onnxruntime, config.json through AutoConfig, the tokenizer or image processor through their Auto classes,
+# from a copy of the folder alone.
+
+SENTENCES = ["the film is good", "a bad plot and awful acting", "really fun"]
+
+
+def dims(onnx_path: Path) -> dict[str, list]:
+    import onnx
+    graph = onnx.load(str(onnx_path)).graph
+    return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(graph.input) + list(graph.output)}
+
+
+def test_the_text_export_folder_serves_alone(text_job, tmp_path):
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    result = export(text_job, "--output", tmp_path / "export", *FAST)
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "export" / "teacher.onnx").exists()
+    assert (tmp_path / "export-teacher" / "model.onnx").is_file()  # the teacher's, for latency, apart
+    alone = tmp_path / "alone"
+    shutil.copytree(tmp_path / "export", alone)
+    config, tokenizer = AutoConfig.from_pretrained(alone), AutoTokenizer.from_pretrained(alone)
+    assert config.id2label == {0: "negative", 1: "positive"} and config.label2id == {"negative": 0, "positive": 1}
+    assert dims(alone / "model.onnx")["input_ids"] == ["batch_size", "sequence_length"]
+    assert dims(alone / "model.onnx")["logits"] == ["batch_size", 2]
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="np")
+    session = ort.InferenceSession(str(alone / "model.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+    student = AutoModelForSequenceClassification.from_pretrained(text_job.parent / "run" / "student").eval()
+    with torch.inference_mode():
+        want = student(**tokenizer(SENTENCES, padding=True, return_tensors="pt")).logits.numpy()
+    np.testing.assert_allclose(logits, want, atol=1e-4, rtol=0)
+    assert {config.id2label[int(i)] for i in logits.argmax(-1)} <= {"negative", "positive"}
+
+
+def test_the_image_export_folder_serves_alone(timm_job, tmp_path):
+    from PIL import Image
+    from transformers import AutoImageProcessor
+    student = timm_job.parent / "student-init"
+    result = export(timm_job, "--student", student, "--output", tmp_path / "export", "--no-latency")
+    assert result.exit_code == 0, result.output
+    alone = tmp_path / "alone"
+    shutil.copytree(tmp_path / "export", alone)
+    config = json.loads((alone / "config.json").read_text())
+    assert config["id2label"] == {str(i): str(i) for i in range(10)} and config["label_names"] == [str(i) for i in range(10)]
+    assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    assert config["pretrained_cfg"]["interpolation"] == "bilinear"
+    from transformers import AutoConfig
+    assert AutoConfig.from_pretrained(alone).num_labels == 10  # transformers reads it (TimmWrapperConfig)
+    assert dims(alone / "model.onnx")["pixel_values"] == ["batch_size", 3, "height", "width"]
+    processor = AutoImageProcessor.from_pretrained(alone)
+    rng = np.random.default_rng(3)
+    images = tmp_path / "images" / "x"
+    images.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    pictures = [Image.open(images / f"{i}.png").convert("RGB") for i in range(3)]
+    pixels = processor(pictures, return_tensors="pt")["pixel_values"].numpy()
+    assert pixels.shape == (3, 3, 32, 32)
+    session = ort.InferenceSession(str(alone / "model.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"pixel_values": pixels.astype(np.float32)})
+    profile = load_profile(timm_job)
+    model = load_student(profile, student)
+    split = load_split(profile, "unlabeled", model, labels=False, source=str(images.parent / "x"))
+    with torch.inference_mode():
+        want = model.forward(split.collate([0, 1, 2])).logits.numpy()
+    np.testing.assert_allclose(logits, want, atol=1e-3, rtol=0)  # the folder's preprocessing is kdcli's

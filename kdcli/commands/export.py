@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,7 @@ def export_profile(profile: Profile, student_dir: Path | None = None, output: Pa
                             output_names=view.output_names, dynamic_axes=view.dynamic_axes,
                             opset=profile.export.opset)
     set_metadata(onnx_path, onnx_metadata(profile.task, classes))
-    write_serving_files(out, student, classes)
+    write_serving_files(out, profile, student, classes)
     say("checking parity in onnxruntime")
     parity = _parity(view, onnx_path, batches, tolerance)
     atomic_write_json(out / "parity.json", parity.to_json())
@@ -166,19 +167,56 @@ def onnx_metadata(task: str, classes: LabelMap | None) -> dict[str, str]:
     return meta
 
 
-def write_serving_files(out: Path, student: Adapter, classes: LabelMap | None) -> None:
-    """config.json beside model.onnx: the model's config, with the job's class names (id2label/label2id)."""
+def write_serving_files(out: Path, profile: Profile, student: Adapter, classes: LabelMap | None) -> None:
+    """What a server needs beside model.onnx, without kdcli, in the layout optimum's ORTModel classes load:
+    config.json with the job's class names (id2label/label2id), and the tokenizer files, or for images
+    preprocessor_config.json (the input size, mean, std and interpolation kdcli trained and measured with)."""
     if isinstance(student, HFAdapter):
         atomic_write_text(out / "config.json", student.config.to_json_string())
+        tokenizer = student.tokenizer or _teacher_tokenizer(profile)
+        if tokenizer is None:
+            raise BadInput(f"{student.path}: no tokenizer beside the student (nor the teacher): the export folder "
+                           "could not turn text into model inputs", hint="save the tokenizer into the student folder")
+        _save_tokenizer(tokenizer, out)
         return
     assert isinstance(student, TimmAdapter)
     source = Path(student.path) / "config.json" if student.path else None
     config = json.loads(source.read_text(encoding="utf-8")) if source and source.is_file() else {
         "architecture": student.arch, "num_classes": student.num_labels, "model_args": student.model_args}
+    data = student.data_config
+    channels, size = int(data["input_size"][0]), int(profile.data.image_size or student.image_size)
+    # kdcli resizes the whole image to size x size (bilinear, aspect ratio not kept: timm's "squash"), scales it
+    # to [0, 1] and normalizes. transformers' TimmWrapper (AutoConfig, AutoImageProcessor) and timm's own
+    # create_transform read this pretrained_cfg and preprocess alike.
+    pretrained = {**(config.get("pretrained_cfg") or {}), "input_size": [channels, size, size],
+                  "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash", "mean": list(data["mean"]),
+                  "std": list(data["std"])}
+    pretrained.pop("test_input_size", None)
+    pretrained.pop("test_crop_pct", None)
+    config["pretrained_cfg"] = pretrained
     if classes is not None:
         config.update(label_names=list(classes.names), id2label={str(i): n for i, n in enumerate(classes.names)},
                       label2id=classes.label2id)
     atomic_write_json(out / "config.json", config)
+    atomic_write_json(out / "preprocessor_config.json", {
+        "image_processor_type": "TimmWrapperImageProcessor", "architecture": student.arch,
+        "pretrained_cfg": pretrained})
+
+
+def _teacher_tokenizer(profile: Profile) -> Any:
+    if profile.teacher is None or not Path(profile.teacher.path).is_dir():
+        return None
+    from kdcli.models.hf import _load_tokenizer
+    return _load_tokenizer(Path(profile.teacher.path))
+
+
+def _save_tokenizer(tokenizer: Any, out: Path) -> None:
+    """The tokenizer's files into `out`, each one replaced atomically."""
+    with tempfile.TemporaryDirectory(dir=out, prefix=".tokenizer-") as tmp:
+        tokenizer.save_pretrained(tmp)
+        for file in Path(tmp).iterdir():
+            if file.is_file():
+                os.replace(file, out / file.name)
 
 
 def parity_gate(parity: ParityReport) -> None:
@@ -284,8 +322,8 @@ def _latency(profile: Profile, student: Adapter, batch: dict[str, Tensor], onnx_
         sizes[INT8] = dir_size(int8_path)
     teacher = load_teacher(profile) if profile.teacher is not None else None
     if teacher is not None and teacher.family == student.family:
-        t_view = teacher.exportable()
-        t_onnx = export_onnx(t_view.module, _ordered(batch, t_view.input_names), out / "teacher.onnx",
+        t_view = teacher.exportable()  # apart from the student's folder, which serves on its own
+        t_onnx = export_onnx(t_view.module, _ordered(batch, t_view.input_names), teacher_export(out) / "model.onnx",
                              output_names=t_view.output_names, dynamic_axes=t_view.dynamic_axes,
                              opset=profile.export.opset)
         models["teacher"] = (t_view.module, t_onnx)
@@ -305,6 +343,11 @@ def write_report(out: Path, parity: ParityReport, latency: LatencyReport | None,
     """report.md: parity, the int8 model's score beside fp32, and latency when measured."""
     atomic_write_text(out / "report.md", render_markdown(latency, parity.to_json(),
                                                          int8.to_json() if int8 is not None else None))
+
+
+def teacher_export(out: Path) -> Path:
+    """Where the teacher's ONNX (for the latency comparison) goes: a sibling of the export folder."""
+    return out.parent / f"{out.name}-teacher"
 
 
 def _shape_of(batch: dict[str, Tensor], key: str) -> int:

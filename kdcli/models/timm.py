@@ -77,8 +77,8 @@ class TimmAdapter(Adapter):
 
     def exportable(self) -> Exportable:
         fixed = bool(getattr(self.module, "pretrained_cfg", {}).get("fixed_input_size"))  # ViT: size is baked in
-        axes = {"pixel_values": {0: "batch"} if fixed else {0: "batch", 2: "height", 3: "width"},
-                "logits": {0: "batch"}}
+        axes = {"pixel_values": {0: "batch_size"} if fixed else {0: "batch_size", 2: "height", 3: "width"},
+                "logits": {0: "batch_size"}}  # optimum's names
         return Exportable(self.module, ["pixel_values"], ["logits"], axes, "image_size")
 
     def save(self, directory: Path) -> None:
