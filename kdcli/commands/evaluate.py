@@ -62,6 +62,8 @@ def evaluate(profile: Profile, model: str = "student", output: Path | None = Non
         if teacher is not None:
             teacher.to(where.device)
         candidate = _candidate(profile, model, teacher, where.device)
+        if candidate.adapter is not None and getattr(candidate.adapter, "pipeline", 1) is None:
+            candidate.adapter.pipeline = getattr(teacher, "pipeline", None)  # type: ignore[attr-defined]
         reader = teacher or candidate.adapter or load_student(profile, classes=candidate.classes)
         split = _eval_split(profile, reader, candidate.classes)
         batch_size = profile.train.batch_size

@@ -116,6 +116,9 @@ def export_profile(profile: Profile, student_dir: Path | None = None, output: Pa
     out = Path(output or run.export)
     classes = job_labels(profile, student_dir)
     student = load_student(profile, student_dir, classes=classes)
+    if getattr(student, "pipeline", 1) is None and profile.teacher is not None and profile.task == "embedding":
+        from kdcli.models.st import read_pipeline  # a student saved without the teacher's pipeline gets it here
+        student.pipeline = read_pipeline(Path(profile.teacher.path))  # type: ignore[attr-defined]
     student.module.eval()
     view = student.exportable()
     batches = _parity_batches(profile, student)
