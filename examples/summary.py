@@ -4,6 +4,7 @@ the teacher before and after distillation, ONNX parity, the int8 model's cosine 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,8 +40,12 @@ def main(run: Path) -> None:
 
 def _sentence_transformers(run: Path) -> None:
     """Load both folders with sentence-transformers, as a service would, and compare what they return."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # both folders are local
     try:
+        import transformers
         from sentence_transformers import SentenceTransformer
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
     except ImportError:
         print("(sentence-transformers is not installed: pip install 'kdcli[examples]')")
         return

@@ -99,15 +99,19 @@ def render(f: dict[str, Any]) -> str:
     title = f.get("name") or "student"
     lines = [f"# {title}", ""]
     if teacher:
-        lines += [f"A {f.get('task', '')} student distilled from **{teacher.get('name')}** with "
+        lines += [f"{_a(f.get('task', ''))} student distilled from **{teacher.get('name')}** with "
                   f"kdcli {f.get('version', '')}."
                   + (f" Licence as the teacher's card states it: {teacher['license']}." if teacher.get("license")
                      else " The teacher's card states no licence."), ""]
     else:
-        lines += [f"A {f.get('task', '')} model trained from labels with kdcli {f.get('version', '')}.", ""]
+        lines += [f"{_a(f.get('task', ''))} model trained from labels with kdcli {f.get('version', '')}.", ""]
     lines += _usage(f)
     lines += _kept(f) + _training(f) + _size(f) + _evaluation(f) + _export(f)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _a(task: str) -> str:
+    return f"{'An' if task[:1] in ('a', 'e', 'i', 'o', 'u') else 'A'} {task}"
 
 
 def _usage(f: dict[str, Any]) -> list[str]:

@@ -19,6 +19,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ class LabelMap:
     def __len__(self) -> int:
         return len(self.names)
 
-    @property
+    @cached_property
     def label2id(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.names)}
 
