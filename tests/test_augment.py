@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kdcli.commands.distill as distill_command
+import kdcli.commands.preflight as preflight_module  # where distill loads its models
 from kdcli.commands.distill import distill
 from kdcli.commands.init_student import init_student
 from kdcli.errors import BadInput
@@ -28,8 +28,8 @@ def _record_inputs(monkeypatch, layer: str | None) -> dict[str, list[torch.Tenso
                     lambda m, a, kw: seen[name].append(kw["input_ids"].detach().clone()), with_kwargs=True)
             return adapter
         return loader
-    monkeypatch.setattr(distill_command, "load_teacher", hooked(distill_command.load_teacher, "teacher"))
-    monkeypatch.setattr(distill_command, "load_student", hooked(distill_command.load_student, "student"))
+    monkeypatch.setattr(preflight_module, "load_teacher", hooked(preflight_module.load_teacher, "teacher"))
+    monkeypatch.setattr(preflight_module, "load_student", hooked(preflight_module.load_student, "student"))
     return seen
 
 

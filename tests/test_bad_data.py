@@ -19,7 +19,7 @@ from kdcli.cli import app
 from kdcli.commands.init_student import init_student
 from kdcli.profile import load_profile
 
-WIRED = ("needs kdcli.data.check_train_labels called in kdcli.train.distill after train_and_eval "
+WIRED = ("needs kdcli.data.check_train_labels called in kdcli.commands.preflight after train_and_eval "
          "(see docs/reliability.md, 'Where each guard lives')")
 
 

@@ -26,9 +26,11 @@ def job(write_profile, bert_cls, sst_tiny) -> Path:
         "train": {"max_steps": 2, "batch_size": 8, "lr": 1e-3}, "output": "run"})
 
 
-def test_set_paths_are_relative_to_the_working_directory_profile_paths_to_the_profile(job, tmp_path, monkeypatch):
+def test_set_paths_are_relative_to_the_working_directory_profile_paths_to_the_profile(job, sst_tiny, tmp_path,
+                                                                                     monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    (elsewhere / "mine.tsv").write_bytes(sst_tiny.read_bytes())  # check reads the data: it must be there
     monkeypatch.chdir(elsewhere)
     result = run("check", job, "--json", "--set", "data.train=mine.tsv", "--set", "output=out")
     assert result.exit_code == 0, result.output

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from typer.testing import CliRunner
 
-import kdcli.commands.distill
+import kdcli.commands.preflight
 from kdcli.cli import app
 from kdcli.commands.distill import distill
 from kdcli.commands.init_student import init_student
@@ -235,8 +235,8 @@ def record_inputs(monkeypatch: pytest.MonkeyPatch, submodule: str | None = None)
             module.register_forward_pre_hook(hook(role), with_kwargs=True)
             return adapter
         return load
-    monkeypatch.setattr(kdcli.commands.distill, "load_teacher", wrap(load_teacher, "teacher"))
-    monkeypatch.setattr(kdcli.commands.distill, "load_student", wrap(load_student, "student"))
+    monkeypatch.setattr(kdcli.commands.preflight, "load_teacher", wrap(load_teacher, "teacher"))
+    monkeypatch.setattr(kdcli.commands.preflight, "load_student", wrap(load_student, "student"))
     return seen
 
 

@@ -11,12 +11,10 @@ import torch
 import yaml
 
 import kdcli
-from kdcli.data import check_train_labels
-from kdcli.data.pseudo import pseudo_split
-from kdcli.data.splits import concat, load_split, train_and_eval, transfer_split
+from kdcli.commands.preflight import preflight
+from kdcli.data.splits import concat, load_split, transfer_split
 from kdcli.errors import BadInput
 from kdcli.metrics import collect, outputs_of
-from kdcli.models import load_student, load_teacher
 from kdcli.models.causal_lm import align_vocab
 from kdcli.profile import Profile, profile_json
 from kdcli.run import Run
@@ -24,7 +22,7 @@ from kdcli.runtime.distributed import Session, barrier, session
 from kdcli.runtime.files import atomic_write_text, check_writable, empty_folder
 from kdcli.runtime.lock import LOCK_NAME, run_lock
 from kdcli.train.checkpoint import load_checkpoint, save_checkpoint
-from kdcli.train.loop import Job, OnStep, new_state, steps_of, train_stage
+from kdcli.train.loop import Job, OnStep, new_state, steps_of, train_stage, write_card
 from kdcli.train.schedule import seed_everything
 from kdcli.train.state import stage_done
 from kdcli.train.tracking import open_tracker, plot_metrics
@@ -96,37 +94,36 @@ def _train(job: Job, resumed: dict[str, Any] | None, on_step: OnStep | None) -> 
 
 
 def _prepare(profile: Profile, where: Session) -> Job:
-    """Models on the device, the data read through the teacher's tokenizer and labels."""
+    """The preflight check runs too (models loaded, classes settled, data read and checked), then the device."""
     cfg, device = profile.train, where.device
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    teacher = load_teacher(profile) if profile.needs_teacher() else None
-    student = load_student(profile).to(device)
+    if profile.data.transfer and not any(s.teacher_needs and not s.uses_labels for s in profile.loss_specs()):
+        raise BadInput("data.transfer: no loss learns from the teacher without labels, so the student learns "
+                       "nothing there", hint="add hinton, hidden_mse or another teacher loss, or drop data.transfer")
+    found = preflight(profile)
+    teacher, student, reader = found.teacher, found.student, found.reader
+    assert student is not None and reader is not None  # preflight without for_check loads both or raises
+    if getattr(student, "tokenizer", None) is None and getattr(reader, "tokenizer", None) is not None:
+        student.tokenizer = reader.tokenizer  # type: ignore[attr-defined] - saved beside it: the student serves alone
+    student.to(device)
     if teacher is not None:
         teacher.to(device).module.requires_grad_(False)
         teacher.module.eval()  # frozen: no dropout, no grads, ever
     if cfg.compile:
         student.module.compile()  # in place: parameter names (and so checkpoints) stay as they are
-    reader = teacher or student
-    train, evalset = train_and_eval(profile, reader)
-    causal = profile.task == "causal-lm"
+    train, causal = found.train, profile.task == "causal-lm"
+    assert train is not None  # preflight without for_check reads data.train (or data.transfer) or raises
     if causal:  # next-token labels come from the text itself; the teacher's completions join the training set
-        align_vocab(teacher, student)
+        align_vocab(teacher, student)  # type: ignore[arg-type]
         train = concat(train, load_split(profile, "pseudo", reader)) if profile.data.pseudo else train
-    else:
-        label_loss = next((s.kind for s in profile.loss_specs() if s.uses_labels), None)
-        check_train_labels(train, str(profile.data.train or profile.data.transfer), num_classes=reader.num_labels,
-                           needed_by=label_loss, label_column=profile.data.label_column)
-    if profile.data.transfer and not any(s.teacher_needs and not s.uses_labels for s in profile.loss_specs()):
-        raise BadInput("data.transfer: no loss learns from the teacher without labels, so the student learns "
-                       "nothing there", hint="add hinton, hidden_mse or another teacher loss, or drop data.transfer")
-    pseudo = pseudo_split(profile, reader) if profile.data.pseudo and not causal else None
     teacher_eval = None
-    if where.main and teacher is not None and evalset is not None and not causal:  # the teacher never changes
-        teacher_eval = collect(outputs_of(teacher, profile.task), evalset, cfg.batch_size, device)[0]
-    return Job(profile, Run(profile.output), where, student, teacher, reader, train, evalset, pseudo, teacher_eval,
-               transfer_split(profile, reader))
+    if where.main and teacher is not None and found.evalset is not None and not causal:  # the teacher never changes
+        teacher_eval = collect(outputs_of(teacher, profile.task), found.evalset, cfg.batch_size, device)[0]
+    return Job(profile, Run(profile.output), where, student, teacher, reader, train, found.evalset,
+               None if causal else found.pseudo, teacher_eval, transfer=transfer_split(profile, reader),
+               classes=found.classes, losses=found.losses, samples=found.samples)
 
 
 def _finish(job: Job, best: float | None) -> DistillResult:
@@ -140,6 +137,7 @@ def _finish(job: Job, best: float | None) -> DistillResult:
         job.student.save(run.student)
         result.eval = job.evaluate().to_json() if job.evalset is not None else {}
         job.log({"final": True, "eval": result.eval})
+        write_card(job, run.student, result.eval, _steps(run))
         plot_metrics(run.metrics, run.metrics_chart)
     barrier(job.session.world)
     return result
@@ -162,6 +160,8 @@ def _open_run(job: Job, resume: bool) -> dict[str, Any] | None:
         run.root.mkdir(parents=True, exist_ok=True)
         lock = {"profile": profile_json(job.profile),
                 "versions": {"kdcli": kdcli.__version__, "torch": str(torch.__version__)}}
+        if job.classes is not None:  # the job's one label mapping, recorded once
+            lock["classes"] = job.classes.to_json()
         atomic_write_text(run.lock_file, yaml.safe_dump(lock, sort_keys=False))
         run.metrics.unlink(missing_ok=True)
     barrier(job.session.world)
@@ -182,3 +182,18 @@ def _forget_metrics_after(run: Run, stages: list[str], state: dict[str, Any]) ->
         if stage is not None and (stage, record.get("step", 0)) <= (state["stage"], state["step"]):
             kept.append(line)
     atomic_write_text(run.metrics, "".join(line + "\n" for line in kept))
+
+
+def _steps(run: Run) -> int | None:
+    """Optimizer steps the run took over all stages, as metrics.jsonl logged them."""
+    if not run.metrics.is_file():
+        return None
+    steps: dict[str, int] = {}
+    for line in run.metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if "stage" in record and "step" in record:
+            steps[record["stage"]] = max(steps.get(record["stage"], 0), int(record["step"]))
+    return sum(steps.values()) or None

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdcli.card import read_facts, update_card
+from kdcli.data.labels import LabelMap, job_labels
 from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, GateFailed
 from kdcli.metrics import Forward, agreement, collect, outputs_of, primary_metric, task_metrics
@@ -83,17 +85,32 @@ def evaluate(profile: Profile, model: str = "student", output: Path | None = Non
         teacher = load_teacher(profile)
         if teacher is not None:
             teacher.to(where.device)
-        split = _eval_split(profile, teacher or load_student(profile))
-        forward, params, size, name = _candidate(profile, model, teacher, where.device)
+        candidate = _candidate(profile, model, teacher, where.device)
+        if candidate.adapter is not None and getattr(candidate.adapter, "pipeline", 1) is None:
+            candidate.adapter.pipeline = getattr(teacher, "pipeline", None)  # type: ignore[attr-defined]
+        reader = teacher or candidate.adapter or load_student(profile, classes=candidate.classes)
+        split = _eval_split(profile, reader, candidate.classes)
         if profile.task == "causal-lm":
-            report = _evaluate_lm(profile, split, forward, teacher, where)
+            report = _evaluate_lm(profile, split, candidate.forward, teacher, where)
         else:
-            report = _evaluate_outputs(profile, split, forward, teacher, where, on_batch)
-        report.model, report.params["student"], report.size_bytes["student"] = name, params, size
+            report = _evaluate_outputs(profile, split, candidate.forward, teacher, where, on_batch)
+        report.model = candidate.name
+        report.params["student"], report.size_bytes["student"] = candidate.params, candidate.size
         report.gates = judge(report, gates or Gates())
         if where.main:
             atomic_write_json(destination, report.to_json())
+            _card(candidate, report)
     return report
+
+
+def _card(candidate: Candidate, report: EvalReport) -> None:
+    """The evaluated student's card (a folder kdcli wrote, never the teacher's) gets the metrics and retention."""
+    folder = Path(candidate.name)
+    if candidate.adapter is None or not folder.is_dir() or not read_facts(folder):
+        return
+    update_card(folder, {"eval": {"samples": report.samples, "metrics": report.metrics,
+                                  "teacher_metrics": report.teacher_metrics, "agreement": report.agreement,
+                                  "retention": report.retention}})
 
 
 def _evaluate_outputs(profile: Profile, split: Split, forward: Forward, teacher: Adapter | None, where: Session,
@@ -163,19 +180,31 @@ def _retention(report: EvalReport) -> float | None:
     return s / t if s is not None and t else None
 
 
-def _eval_split(profile: Profile, reader: Adapter) -> Split:
+def _eval_split(profile: Profile, reader: Adapter, classes: LabelMap | None) -> Split:
     if not profile.data.eval:
         raise BadInput("evaluate needs data.eval in the profile", hint="add data.eval: PATH")
-    return load_split(profile, "eval", reader, labels=profile.task != "masked-lm")
+    return load_split(profile, "eval", reader, labels=profile.task != "masked-lm", classes=classes)
 
 
-def _candidate(profile: Profile, which: str, teacher: Adapter | None, device: torch.device
-               ) -> tuple[Forward, int | None, int, str]:
+@dataclass
+class Candidate:
+    """The model evaluate judges: how to run it, what it weighs, and the job's classes it is judged on."""
+
+    forward: Forward
+    params: int | None
+    size: int
+    name: str
+    classes: LabelMap | None
+    adapter: Adapter | None = None  # None for an .onnx file (and for the teacher, which is passed separately)
+
+
+def _candidate(profile: Profile, which: str, teacher: Adapter | None, device: torch.device) -> Candidate:
     """The model to judge: student, teacher, a checkpoint folder or an .onnx file."""
     if which == "teacher":
         if teacher is None:
             raise BadInput("--model teacher: the profile has no teacher")
-        return outputs_of(teacher, profile.task), teacher.param_count(), dir_size(teacher.path), "teacher"
+        return Candidate(outputs_of(teacher, profile.task), teacher.param_count(), dir_size(teacher.path), "teacher",
+                         job_labels(profile))
     if which == "student":
         path = Run(profile.output).student
         if not path.exists():
@@ -186,10 +215,14 @@ def _candidate(profile: Profile, which: str, teacher: Adapter | None, device: to
             raise BadInput(f"--model {which}: no such file or folder",
                            hint="use student, teacher, a checkpoint folder or an .onnx file")
     if path.suffix == ".onnx":
-        return onnx_forward(path, profile.task), None, dir_size(path), str(path)
-    student = load_student(profile, path).to(device)
+        run_student = Run(profile.output).student
+        classes = job_labels(profile, run_student if run_student.exists() else None)
+        return Candidate(onnx_forward(path, profile.task), None, dir_size(path), str(path), classes)
+    classes = job_labels(profile, path)
+    student = load_student(profile, path, classes=classes).to(device)
     student.module.eval()
-    return outputs_of(student, profile.task), student.param_count(), dir_size(path), str(path)
+    return Candidate(outputs_of(student, profile.task), student.param_count(), dir_size(path), str(path), classes,
+                     student)
 
 
 def onnx_forward(path: Path, task: str) -> Forward:
@@ -198,6 +231,9 @@ def onnx_forward(path: Path, task: str) -> Forward:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
+
+    if task == "embedding" and "sentence_embedding" in outputs:
+        outputs = ["sentence_embedding"]  # pooled (and normalized) as the model's pipeline does
 
     def run(batch: dict[str, Tensor]) -> Tensor:
         feed = {name: batch[name].cpu().numpy() for name in names}

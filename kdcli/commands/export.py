@@ -7,7 +7,9 @@ parity.json, latency.json, report.md (and latency.png).
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +18,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+import kdcli
+from kdcli.card import read_facts, update_card
+from kdcli.data.labels import LabelMap, job_labels
 from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, GateFailed
 from kdcli.models import Adapter, dir_size, load_student, load_teacher
 from kdcli.models.base import Exportable
-from kdcli.onnx.export import export_onnx
-from kdcli.onnx.latency import LatencyReport, latency_report, latency_rows
+from kdcli.models.hf import HFAdapter
+from kdcli.models.timm import TimmAdapter
+from kdcli.onnx.export import export_onnx, read_metadata, set_metadata
+from kdcli.onnx.latency import INT8, LatencyReport, latency_report, latency_rows
 from kdcli.onnx.parity import ParityReport, check_parity, default_atol
 from kdcli.onnx.quantize import quantize_int8
 from kdcli.onnx.report import plot_png, render_markdown
@@ -32,14 +39,41 @@ from kdcli.runtime.files import atomic_write_json, atomic_write_text, check_writ
 
 @dataclass
 class Int8Result:
-    """model.int8.onnx and its parity to PyTorch (reported, not gated)."""
+    """model.int8.onnx judged as its users judge it: the task metric on the eval data beside the fp32 model's.
+
+    `metric` is accuracy where the data has labels, the cosine to the teacher for embeddings with a teacher,
+    else agreement with the fp32 model (top-1, or cosine), whose own value is then 1. `drop` is fp32 - int8;
+    `max_drop` and `passed` are set when `--max-drop` gates it. `max_abs_diff` per output, to PyTorch, is
+    informational: int8 is never within fp32's tolerance.
+    """
 
     onnx: Path
     size_bytes: int
-    parity: ParityReport
+    samples: int
+    metric: str | None
+    fp32: float | None
+    int8: float | None
+    agreement: dict[str, float]          # int8 against fp32 on the same samples: top1 (or cosine)
+    max_abs_diff: dict[str, float | None]
+    max_drop: float | None = None
+
+    @property
+    def drop(self) -> float | None:
+        return None if self.fp32 is None or self.int8 is None else self.fp32 - self.int8
+
+    @property
+    def passed(self) -> bool | None:
+        if self.max_drop is None:
+            return None
+        return self.drop is not None and self.drop <= self.max_drop
 
     def to_json(self) -> dict[str, Any]:
-        return {"onnx": str(self.onnx), "size_bytes": self.size_bytes, "parity": self.parity.to_json()}
+        out = {"onnx": str(self.onnx), "size_bytes": self.size_bytes, "samples": self.samples, "metric": self.metric,
+               "fp32": self.fp32, "int8": self.int8, "drop": self.drop, "agreement_with_fp32": dict(self.agreement),
+               "max_abs_diff": dict(self.max_abs_diff)}
+        if self.max_drop is not None:
+            out.update(max_drop=self.max_drop, passed=self.passed)
+        return out
 
 
 @dataclass
@@ -66,8 +100,14 @@ class ExportResult:
 
 def export_profile(profile: Profile, student_dir: Path | None = None, output: Path | None = None,
                    atol: float | None = None, quantize: str | None = None, latency: bool = True,
-                   on_event: Callable[[str], None] | None = None, latency_seconds: float = 0.5) -> ExportResult:
-    """Export the student, check parity on real batches, and optionally quantize and time it."""
+                   on_event: Callable[[str], None] | None = None, latency_seconds: float = 0.5,
+                   max_drop: float | None = None) -> ExportResult:
+    """Export the student, check parity on real batches, and optionally quantize and time it.
+
+    With quantize="int8", the int8 model is scored on the eval data beside the fp32 one; `max_drop` gates it
+    (see int8_gate)."""
+    if max_drop is not None and quantize != "int8":
+        raise BadInput("--max-drop judges the int8 model: it needs --quantize int8", hint="add --quantize int8")
     say = on_event or (lambda message: None)
     run = Run(profile.output)
     student_dir = Path(student_dir or run.student)
@@ -75,7 +115,11 @@ def export_profile(profile: Profile, student_dir: Path | None = None, output: Pa
         raise BadInput(f"no student at {student_dir}", hint="run kdcli distill first, or pass --student DIR")
     out = Path(output or run.export)
     check_writable(out)  # before the export and the latency runs, not after them
-    student = load_student(profile, student_dir)
+    classes = job_labels(profile, student_dir)
+    student = load_student(profile, student_dir, classes=classes)
+    if getattr(student, "pipeline", 1) is None and profile.teacher is not None and profile.task == "embedding":
+        from kdcli.models.st import read_pipeline  # a student saved without the teacher's pipeline gets it here
+        student.pipeline = read_pipeline(Path(profile.teacher.path))  # type: ignore[attr-defined]
     student.module.eval()
     view = student.exportable()
     batches = _parity_batches(profile, student)
@@ -86,19 +130,97 @@ def export_profile(profile: Profile, student_dir: Path | None = None, output: Pa
     onnx_path = export_onnx(view.module, _ordered(batches[0], view.input_names), out / "model.onnx",
                             output_names=view.output_names, dynamic_axes=view.dynamic_axes,
                             opset=profile.export.opset)
+    set_metadata(onnx_path, onnx_metadata(profile.task, classes))
+    write_serving_files(out, profile, student, classes)
     say("checking parity in onnxruntime")
     parity = _parity(view, onnx_path, batches, tolerance)
     atomic_write_json(out / "parity.json", parity.to_json())
     result = ExportResult(output_dir=out, onnx=onnx_path, parity=parity, size_bytes={"onnx": dir_size(onnx_path)})
     if quantize == "int8":
-        say("quantizing to int8 and checking its parity")
-        result.int8 = _int8(view, onnx_path, out, batches, tolerance)
+        say("quantizing to int8 and scoring it beside fp32 on the eval data")
+        result.int8 = _int8(profile, student, classes, view, onnx_path, out, batches, max_drop)
+        result.size_bytes["int8"] = result.int8.size_bytes
     if latency:
         say("measuring latency: teacher vs student, PyTorch vs onnxruntime")
-        result.latency = _latency(profile, student, batches[0], onnx_path, out, parity, latency_seconds)
-    else:
-        atomic_write_text(out / "report.md", render_markdown(None, parity.to_json(), {"student": dir_size(onnx_path)}))
+        int8_path = result.int8.onnx if result.int8 is not None else None
+        result.latency = _latency(profile, student, batches[0], onnx_path, out, parity, latency_seconds, int8_path)
+    write_report(out, parity, result.latency, result.int8)
+    if read_facts(student_dir):  # a student kdcli wrote: its card gets the export's numbers
+        update_card(student_dir, {"export": _card_facts(result)})
     return result
+
+
+def _card_facts(result: ExportResult) -> dict[str, Any]:
+    diffs = [d for d in result.parity.diffs().values()]
+    facts: dict[str, Any] = {"parity_ok": result.parity.ok, "atol": result.parity.atol,
+                             "max_abs_diff": None if None in diffs else max(diffs, default=None),
+                             "onnx_size_bytes": result.size_bytes.get("onnx")}
+    if result.latency is not None:
+        facts.update(speedup=result.latency.get("speedup"), speedup_int8=result.latency.get("speedup_int8"))
+    if result.int8 is not None:
+        facts["int8"] = {k: v for k, v in result.int8.to_json().items() if k in ("metric", "fp32", "int8", "drop",
+                                                                                    "size_bytes")}
+    return facts
+
+
+def onnx_metadata(task: str, classes: LabelMap | None) -> dict[str, str]:
+    """What the ONNX file says about itself: the task, and the class name of each output index."""
+    meta = {"task": task, "producer": f"kdcli {kdcli.__version__}"}
+    if classes is not None:
+        meta["id2label"] = json.dumps({str(i): name for i, name in enumerate(classes.names)})
+    return meta
+
+
+def write_serving_files(out: Path, profile: Profile, student: Adapter, classes: LabelMap | None) -> None:
+    """What a server needs beside model.onnx, without kdcli, in the layout optimum's ORTModel classes load:
+    config.json with the job's class names (id2label/label2id), and the tokenizer files, or for images
+    preprocessor_config.json (the input size, mean, std and interpolation kdcli trained and measured with)."""
+    if isinstance(student, HFAdapter):
+        atomic_write_text(out / "config.json", student.config.to_json_string())
+        tokenizer = student.tokenizer or _teacher_tokenizer(profile)
+        if tokenizer is None:
+            raise BadInput(f"{student.path}: no tokenizer beside the student (nor the teacher): the export folder "
+                           "could not turn text into model inputs", hint="save the tokenizer into the student folder")
+        _save_tokenizer(tokenizer, out)
+        return
+    assert isinstance(student, TimmAdapter)
+    source = Path(student.path) / "config.json" if student.path else None
+    config = json.loads(source.read_text(encoding="utf-8")) if source and source.is_file() else {
+        "architecture": student.arch, "num_classes": student.num_labels, "model_args": student.model_args}
+    data = student.data_config
+    channels, size = int(data["input_size"][0]), int(profile.data.image_size or student.image_size)
+    # kdcli resizes the whole image to size x size (bilinear, aspect ratio not kept: timm's "squash"), scales it
+    # to [0, 1] and normalizes. transformers' TimmWrapper (AutoConfig, AutoImageProcessor) and timm's own
+    # create_transform read this pretrained_cfg and preprocess alike.
+    pretrained = {**(config.get("pretrained_cfg") or {}), "input_size": [channels, size, size],
+                  "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash", "mean": list(data["mean"]),
+                  "std": list(data["std"])}
+    pretrained.pop("test_input_size", None)
+    pretrained.pop("test_crop_pct", None)
+    config["pretrained_cfg"] = pretrained
+    if classes is not None:
+        config.update(label_names=list(classes.names), id2label={str(i): n for i, n in enumerate(classes.names)},
+                      label2id=classes.label2id)
+    atomic_write_json(out / "config.json", config)
+    atomic_write_json(out / "preprocessor_config.json", {
+        "image_processor_type": "TimmWrapperImageProcessor", "architecture": student.arch,
+        "pretrained_cfg": pretrained})
+
+
+def _teacher_tokenizer(profile: Profile) -> Any:
+    if profile.teacher is None or not Path(profile.teacher.path).is_dir():
+        return None
+    from kdcli.models.hf import _load_tokenizer
+    return _load_tokenizer(Path(profile.teacher.path))
+
+
+def _save_tokenizer(tokenizer: Any, out: Path) -> None:
+    """The tokenizer's files into `out`, each one replaced atomically."""
+    with tempfile.TemporaryDirectory(dir=out, prefix=".tokenizer-") as tmp:
+        tokenizer.save_pretrained(tmp)
+        for file in Path(tmp).iterdir():
+            if file.is_file():
+                os.replace(file, out / file.name)
 
 
 def parity_gate(parity: ParityReport) -> None:
@@ -131,23 +253,81 @@ def _parity(view: Exportable, onnx_path: Path, batches: list[dict[str, Tensor]],
                         view.output_names)
 
 
-def _int8(view: Exportable, onnx_path: Path, out: Path, batches: list[dict[str, Tensor]], atol: float) -> Int8Result:
+def int8_gate(int8: Int8Result | None) -> None:
+    """Exit 1 (GateFailed) when --max-drop was given and the int8 model lost more of the metric than that."""
+    if int8 is None or int8.passed is not False:
+        return
+    drop = "unknown (no eval data to score it on)" if int8.drop is None else f"{int8.drop:.4f}"
+    raise GateFailed(f"gate --max-drop {int8.max_drop:g} failed: int8 {int8.metric} is "
+                     f"{_num(int8.int8)} against fp32's {_num(int8.fp32)}, a drop of {drop}",
+                     hint="see int8.json; ship model.onnx (fp32), or raise --max-drop")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _int8(profile: Profile, student: Adapter, classes: LabelMap | None, view: Exportable, onnx_path: Path,
+          out: Path, batches: list[dict[str, Tensor]], max_drop: float | None) -> Int8Result:
+    """Quantize, then score both ONNX files on the eval data (train without eval) as evaluate would."""
     quantized = quantize_int8(onnx_path, out / "model.int8.onnx")
-    parity = _parity(view, quantized, batches, atol)
-    atomic_write_json(out / "parity.int8.json", parity.to_json())
-    return Int8Result(onnx=quantized, size_bytes=dir_size(quantized), parity=parity)
+    set_metadata(quantized, read_metadata(onnx_path))
+    diffs = check_parity(view.module, quantized, [_ordered(b, view.input_names) for b in batches], 0.0,
+                         view.output_names).diffs()
+    result = Int8Result(onnx=quantized, size_bytes=dir_size(quantized), samples=0, metric=None, fp32=None, int8=None,
+                        agreement={}, max_abs_diff=diffs, max_drop=max_drop)
+    which = "eval" if profile.data.eval else "train" if profile.data.train else None
+    if which is not None:
+        labels = profile.task in ("sequence-classification", "image-classification")
+        split = load_split(profile, which, student, labels=labels, classes=classes)
+        _score_int8(profile, split, onnx_path, quantized, result)
+    atomic_write_json(out / "int8.json", result.to_json())
+    return result
+
+
+def _score_int8(profile: Profile, split: Split, fp32_path: Path, int8_path: Path, result: Int8Result) -> None:
+    from kdcli.commands.evaluate import onnx_forward
+    from kdcli.metrics import collect, task_metrics
+
+    cpu, size = torch.device("cpu"), profile.train.batch_size
+    fp32, labels = collect(onnx_forward(fp32_path, profile.task), split, size, cpu)
+    int8, _ = collect(onnx_forward(int8_path, profile.task), split, size, cpu)
+    result.samples = split.size
+    embedding = profile.task == "embedding"
+    if embedding:
+        result.agreement = {"cosine": torch.nn.functional.cosine_similarity(int8, fp32, dim=-1).mean().item()}
+    else:
+        result.agreement = {"top1": (int8.argmax(-1) == fp32.argmax(-1)).float().mean().item()}
+    if labels is not None and not embedding and profile.task != "masked-lm":
+        result.metric = "accuracy"
+        result.fp32, result.int8 = task_metrics(fp32, labels)["accuracy"], task_metrics(int8, labels)["accuracy"]
+        return
+    teacher = load_teacher(profile) if embedding and profile.teacher is not None else None
+    if teacher is not None:
+        from kdcli.metrics import outputs_of
+        target, _ = collect(outputs_of(teacher, profile.task), split, size, cpu)
+        result.metric = "cosine_to_teacher"
+        result.fp32 = torch.nn.functional.cosine_similarity(fp32, target, dim=-1).mean().item()
+        result.int8 = torch.nn.functional.cosine_similarity(int8, target, dim=-1).mean().item()
+        return
+    name = "cosine" if embedding else "top1"
+    result.metric, result.fp32, result.int8 = f"{name}_to_fp32", 1.0, result.agreement[name]
 
 
 def _latency(profile: Profile, student: Adapter, batch: dict[str, Tensor], onnx_path: Path, out: Path,
-             parity: ParityReport, min_seconds: float = 0.5) -> LatencyReport:
-    """Teacher vs student in PyTorch and onnxruntime at the profile's batch sizes and the data's shape."""
+             parity: ParityReport, min_seconds: float = 0.5, int8_path: Path | None = None) -> LatencyReport:
+    """Teacher vs student (and the int8 student, onnxruntime only) at the profile's batch sizes and the data's
+    shape."""
     view = student.exportable()
     models: dict[str, tuple[Any, Path | None]] = {"student": (view.module, onnx_path)}
     sizes = {"student": dir_size(onnx_path)}
+    if int8_path is not None:
+        models[INT8] = (None, int8_path)
+        sizes[INT8] = dir_size(int8_path)
     teacher = load_teacher(profile) if profile.teacher is not None else None
     if teacher is not None and teacher.family == student.family:
-        t_view = teacher.exportable()
-        t_onnx = export_onnx(t_view.module, _ordered(batch, t_view.input_names), out / "teacher.onnx",
+        t_view = teacher.exportable()  # apart from the student's folder, which serves on its own
+        t_onnx = export_onnx(t_view.module, _ordered(batch, t_view.input_names), teacher_export(out) / "model.onnx",
                              output_names=t_view.output_names, dynamic_axes=t_view.dynamic_axes,
                              opset=profile.export.opset)
         models["teacher"] = (t_view.module, t_onnx)
@@ -157,11 +337,25 @@ def _latency(profile: Profile, student: Adapter, batch: dict[str, Tensor], onnx_
     rows = latency_rows(models, lambda size: _synthetic(batch, view.input_names, size), profile.export.batch_sizes,
                         view.shape_key, shape, threads, min_seconds=min_seconds)
     report = latency_report(rows, threads, sizes)
-    atomic_write_json(out / "latency.json", report)
-    atomic_write_text(out / "report.md", render_markdown(report, parity.to_json()))
     chart = plot_png(report, out / "latency.png")
     report["chart"] = str(chart) if chart else None
+    atomic_write_json(out / "latency.json", {k: v for k, v in report.items() if k != "chart"})
     return report
+
+
+def write_report(out: Path, parity: ParityReport, latency: LatencyReport | None, int8: Int8Result | None) -> None:
+    """report.md: parity, sizes, the int8 model's score beside fp32, and latency when measured (without it,
+    export --no-latency, the sizes come from the ONNX files)."""
+    sizes = None
+    if latency is None:
+        sizes = {"student": dir_size(out / "model.onnx")} | ({INT8: int8.size_bytes} if int8 is not None else {})
+    atomic_write_text(out / "report.md", render_markdown(latency, parity.to_json(),
+                                                         int8.to_json() if int8 is not None else None, sizes=sizes))
+
+
+def teacher_export(out: Path) -> Path:
+    """Where the teacher's ONNX (for the latency comparison) goes: a sibling of the export folder."""
+    return out.parent / f"{out.name}-teacher"
 
 
 def _shape_of(batch: dict[str, Tensor], key: str) -> int:

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kdcli.card import student_facts, update_card
+from kdcli.data.labels import LabelMap, job_labels
 from kdcli.errors import BadInput
 from kdcli.models import Adapter, dir_size, load_teacher
 from kdcli.models.causal_lm import shrink_decoder
@@ -46,10 +48,18 @@ def init_student(profile: Profile, on_event: Callable[[str], None] | None = None
         student, layers, copied = shrink_decoder(teacher, init)
     elif isinstance(teacher, HFAdapter):
         student, layers, copied = shrink_transformer(teacher, init, profile.task)
+        student.pipeline = teacher.pipeline  # a sentence-transformers teacher's modules, over the student's weights
     else:
         student, layers, copied = shrink_timm(teacher, init)
+    classes = job_labels(profile, head=teacher.num_labels)
+    _name_classes(student, classes)
     say(f"init-student: saving the student to {out}")
     student.save(out)
+    update_card(out, {**student_facts(profile, student, out, classes), "layer_map": layers or None,
+                      "dropped": list(init.drop) or None, "copied_tensors": copied,
+                      "architecture": init.architecture if init.architecture != "same" else None,
+                      "teacher_params": teacher.param_count(),
+                      "teacher_size_bytes": dir_size(teacher.path) if teacher.path else None})
     return InitReport(
         teacher=_describe(teacher, teacher.path), student=_describe(student, out), layer_map=layers,
         dropped=list(init.drop), copied_tensors=copied, output_dir=str(out))
@@ -61,9 +71,15 @@ def _fresh_student(profile: Profile) -> InitReport:
     if init.architecture in ("same", "distilbert") or profile.task != "image-classification":
         raise BadInput("init-student needs a teacher (`teacher:`), or a timm architecture to build from scratch",
                        hint="set student.init.architecture: resnet18 and student.init.num_classes")
-    args = {**init.model_args, **({"num_classes": init.num_classes} if init.num_classes else {})}
+    # The job's classes size the head when init.num_classes does not: data.classes, else the training data's.
+    classes = job_labels(profile, head=init.num_classes) if init.num_classes is None or _named(profile) else None
+    count = init.num_classes or (len(classes) if classes is not None else None)
+    args = {**init.model_args, **({"num_classes": count} if count else {})}
     student = TimmAdapter(create(init.architecture, **args).eval(), init.architecture, args)
+    _name_classes(student, classes)
     student.save(profile.student.path)
+    update_card(profile.student.path, {**student_facts(profile, student, profile.student.path, classes),
+                                       "architecture": init.architecture})
     described = _describe(student, profile.student.path)
     return InitReport(teacher={}, student=described, layer_map=[], copied_tensors=0,
                       output_dir=str(profile.student.path))
@@ -73,3 +89,19 @@ def _describe(adapter: Adapter, path: Path | None) -> dict[str, Any]:
     return {"family": adapter.family, "architecture": type(adapter.module).__name__, "layers": adapter.depth,
             "params": adapter.param_count(), "size_bytes": dir_size(path) if path else None,
             "path": str(path) if path else None}
+
+
+def _named(profile: Profile) -> bool:
+    """Whether something can name a fresh student's classes: data.classes, or labelled training data."""
+    return bool(profile.data.classes or profile.data.train)
+
+
+def _name_classes(student: Adapter, classes: LabelMap | None) -> None:
+    """The job's class names on the new student (saved with it), when its head has one output per class."""
+    if classes is None or student.num_labels != len(classes):
+        return
+    if isinstance(student, TimmAdapter):
+        student.set_classes(classes.names)
+    elif isinstance(student, HFAdapter):
+        student.config.id2label = classes.id2label
+        student.config.label2id = classes.label2id

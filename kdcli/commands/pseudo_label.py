@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kdcli.data.labels import job_labels
 from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, DataError
 from kdcli.metrics import collect
@@ -48,6 +49,7 @@ def pseudo_label(profile: Profile, input_path: Path | None = None, output: Path 
         raise BadInput(f"pseudo-label needs a classification task; this profile's task is {profile.task}")
     if profile.teacher is None:
         raise BadInput("pseudo-label needs a teacher: the profile has no `teacher:` section")
+    classes = job_labels(profile)  # the teacher's names (or data.classes): label_name says which class
     out = Path(output) if output else Run(profile.output).pseudo_labels
     check_writable(out)  # before the teacher labels everything
     teacher = load_teacher(profile)
@@ -57,7 +59,10 @@ def pseudo_label(profile: Profile, input_path: Path | None = None, output: Path 
     with session(profile.train.device) as where:  # under torchrun, each rank labels its share of the batches
         teacher.to(where.device).module.eval()
         probs = _teacher_probs(teacher, split, profile.train.batch_size, spec.temperature, where, on_batch)
-        names = teacher.label_names or [str(i) for i in range(probs.shape[1])]
+        names = list(classes.names) if classes is not None else [str(i) for i in range(probs.shape[1])]
+        if len(names) != probs.shape[1]:
+            raise BadInput(f"the teacher has {probs.shape[1]} outputs, and the job names {len(names)} classes",
+                           hint="list one name per teacher output in data.classes")
         records = [_record(i, split, p, names, spec.topk) for i, p in enumerate(probs)]
         kept = select(records, spec)
         if where.main:

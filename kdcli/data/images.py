@@ -53,6 +53,30 @@ def read_images(source: str | Path, *, image_size: int | None = None, channels: 
     return data
 
 
+def image_class_names(source: str | Path) -> tuple[list[str], bool]:
+    """The class names an image source declares, without reading a pixel: (names, in class-id order).
+
+    Class folders: their sorted names (not in id order: the job's mapping decides the ids); sklearn:digits:
+    "0".."9"; .npz: its class_names (in id order), else the ids its labels use. ([], True) when unlabeled.
+    """
+    text = str(source)
+    if text.startswith("sklearn:"):
+        return ([str(i) for i in range(10)], True) if text == "sklearn:digits" else ([], True)
+    path = Path(source)
+    if path.is_dir():
+        return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), False
+    if path.suffix.lower() == ".npz" and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                if "class_names" in archive.files:
+                    return [str(c) for c in archive["class_names"].reshape(-1)], True
+                if "labels" in archive.files and archive["labels"].size:
+                    return [str(i) for i in range(int(archive["labels"].max()) + 1)], True
+        except Exception:  # noqa: BLE001 - an unreadable file: read_images names it
+            return [], True
+    return [], True
+
+
 def _digits() -> ImageData:
     try:
         from sklearn.datasets import load_digits

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from kdcli import data
 from kdcli.data.images import ImageFiles, scan_image_folder
+from kdcli.data.labels import CLASSIFICATION, LabelMap, is_default_names, job_labels
 from kdcli.data.lm import Columns, lm_labels, read_lm, tokenize_lm
 from kdcli.errors import DataError
 from kdcli.models import Adapter
@@ -66,17 +67,23 @@ class Split:
 
 
 def load_split(profile: Profile, which: str, model: Adapter, *, labels: bool = True,
-               source: str | Path | None = None) -> Split:
-    """The `which` split (train, eval, unlabeled, transfer) of the profile, prepared for `model`."""
+               source: str | Path | None = None, classes: LabelMap | None = None) -> Split:
+    """The `which` split (train, eval, unlabeled, transfer) of the profile, prepared for `model`.
+
+    Labels are mapped through `classes`, the job's one mapping (job_labels(profile) when not given), so every
+    split numbers the classes alike whatever classes it happens to hold.
+    """
     source = source or getattr(profile.data, which)
     if source is None:
         raise DataError(f"data.{which} is not set in the profile", hint=f"add data.{which}: PATH")
+    if labels and classes is None and profile.task in CLASSIFICATION:
+        classes = job_labels(profile, getattr(model, "path", None) if profile.teacher is None else None)
     if model.family == "timm":
-        return _image_split(profile, str(source), model, labels)
-    return _text_split(profile, Path(source), model, labels)
+        return _image_split(profile, str(source), model, classes if labels else None)
+    return _text_split(profile, Path(source), model, classes if labels else None)
 
 
-def _text_split(profile: Profile, path: Path, model: Adapter, labels: bool) -> Split:
+def _text_split(profile: Profile, path: Path, model: Adapter, classes: LabelMap | None) -> Split:
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise DataError(f"{getattr(model, 'path', 'the model')}: no tokenizer beside the checkpoint",
@@ -84,13 +91,17 @@ def _text_split(profile: Profile, path: Path, model: Adapter, labels: bool) -> S
     d = profile.data
     if profile.task == "causal-lm":
         return _lm_split(profile, path, tokenizer)
-    label2id = model.label2id() if labels and model.num_labels else None
+    hint = ("the teacher does not name its classes: list them in data.classes, in the order of its outputs"
+            if classes is not None and classes.source == "teacher" and is_default_names(classes.names) else None)
     examples = data.read_text(path, text_column=d.text_column,
-                              label_column=d.label_column if labels and model.num_labels else None,
-                              label2id=label2id or None)
-    if d.limit:
-        examples = examples[: d.limit]
-    features = data.tokenize(examples, tokenizer, d.max_length)
+                              label_column=d.label_column if classes is not None else None,
+                              label2id=classes.label2id if classes is not None else None,
+                              limit=d.limit, unknown_hint=hint)
+    pipeline = getattr(model, "pipeline", None) if profile.task == "embedding" else None
+    if pipeline is not None and pipeline.do_lower_case:  # sentence-transformers lowercases before tokenizing
+        examples = [data.TextExample(e.text.lower(), e.label, e.source) for e in examples]
+    limit = getattr(model, "max_length", None)  # a sentence-transformers pipeline's max_seq_length, if any
+    features = data.tokenize(examples, tokenizer, min(d.max_length, limit) if limit else d.max_length)
     return Split(kind="text", size=len(features), lengths=[len(f["input_ids"]) for f in features],
                  features=features, sources=[e.source for e in examples], texts=[e.text for e in examples],
                  pad_token_id=tokenizer.pad_token_id or 0)
@@ -114,31 +125,51 @@ def _lm_split(profile: Profile, path: Path, tokenizer: object) -> Split:
                  pad_token_id=pad or 0)
 
 
-def _image_split(profile: Profile, source: str, model: Adapter, labels: bool) -> Split:
+def _image_split(profile: Profile, source: str, model: Adapter, classes: LabelMap | None) -> Split:
     config = model.data_config  # type: ignore[attr-defined]
     channels, size = int(config["input_size"][0]), int(config["input_size"][-1])
     if Path(source).is_dir():  # a folder can hold any number of images: decoded per batch
-        files, targets, _, sources = scan_image_folder(Path(source), channels, profile.data.image_size or size)
+        files, targets, names, sources = scan_image_folder(Path(source), channels, profile.data.image_size or size)
         keep = slice(0, profile.data.limit)
         lazy = ImageFiles(files[keep], channels, profile.data.image_size or size, config["mean"], config["std"])
+        ids = _class_ids(source, targets, names, sources, classes) if classes is not None and targets is not None \
+            else None
         return Split(kind="image", size=len(lazy), images=lazy, sources=sources[keep],
-                     labels=targets[keep] if labels and targets is not None else None)
+                     labels=ids[keep] if ids is not None else None)
     images = data.read_images(source, image_size=profile.data.image_size or size, channels=channels)
     pixels = data.normalize_images(images.images, tuple(config["mean"]), tuple(config["std"]))
     keep = slice(0, profile.data.limit)
+    labels = map_image_labels(source, images, classes) if classes is not None and images.labels is not None else None
     return Split(kind="image", size=len(pixels[keep]), images=pixels[keep],
-                 labels=images.labels[keep] if labels and images.labels is not None else None,
-                 sources=images.sources[keep])
+                 labels=labels[keep] if labels is not None else None, sources=images.sources[keep])
 
 
-def train_and_eval(profile: Profile, model: Adapter) -> tuple[Split, Split | None]:
+def map_image_labels(source: str, images: data.ImageData, classes: LabelMap) -> Tensor:
+    """The images' labels as the job's class ids: by class name, never by the position of a folder."""
+    assert images.labels is not None, "map_image_labels needs labelled images"
+    return _class_ids(source, images.labels, images.class_names, images.sources, classes)
+
+
+def _class_ids(source: str, local: Tensor, names: list[str], sources: list[str], classes: LabelMap) -> Tensor:
+    """`local` labels (indices into `names`, a source's own class list) as the job's class ids."""
+    ids = [classes.id_of(name) for name in names]
+    unknown = [(name, i) for i, (name, got) in enumerate(zip(names, ids)) if got is None]
+    if unknown:
+        name, index = unknown[0]
+        example = sources[int((local == index).nonzero()[0])] if (local == index).any() else ""
+        raise DataError(f"{source}: class '{name}'{f' (e.g. {example})' if example else ''} is not one of the "
+                        f"job's {len(classes)} classes", hint=f"known classes: {classes.known()}")
+    return torch.tensor(ids, dtype=torch.long)[local]
+
+
+def train_and_eval(profile: Profile, model: Adapter, classes: LabelMap | None = None) -> tuple[Split, Split | None]:
     """The training split, and the eval split (or a held-out share of train when eval is unset).
     Without data.train, the transfer set alone trains (labels dropped): a run that needs no labels."""
     d = profile.data
     train = load_split(profile, "transfer", model, labels=False) if d.transfer and not d.train \
-        else load_split(profile, "train", model)
+        else load_split(profile, "train", model, classes=classes)
     if profile.data.eval:
-        return train, load_split(profile, "eval", model)
+        return train, load_split(profile, "eval", model, classes=classes)
     if profile.data.eval_fraction > 0:
         keep, held = data.split_indices(train.size, profile.data.eval_fraction, profile.train.seed)
         return subset(train, keep), subset(train, held)

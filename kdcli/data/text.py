@@ -42,18 +42,32 @@ class _Row(NamedTuple):
 
 
 def read_text(path: Path | str, text_column: str = "sentence", label_column: str | None = "label",
-              label2id: dict[str, int] | None = None, require_labels: bool = False) -> list[TextExample]:
+              label2id: dict[str, int] | None = None, require_labels: bool = False,
+              limit: int | None = None, unknown_hint: str | None = None) -> list[TextExample]:
     """Read a .csv/.tsv (header row), .jsonl (one object a line) or .txt (one text a line) file.
 
     Labels are mapped through label2id (names or in-range integer ids); without label2id they must
     be non-negative integers. A file without the label column reads as unlabeled unless
-    require_labels is set.
+    require_labels is set. `limit` keeps the first rows only (data.limit); `unknown_hint` is added to
+    the hint of an unknown-label error.
     """
-    path = Path(path)
+    rows = _rows(Path(path), text_column, label_column, require_labels)[:limit]
+    labels = _labels(Path(path), rows, label_column, label2id, require_labels, unknown_hint)
+    return [TextExample(r.text, label, r.source) for r, label in zip(rows, labels)]
+
+
+def read_labels(path: Path | str, text_column: str = "sentence", label_column: str = "label",
+                limit: int | None = None) -> list[str]:
+    """The labels of a text file as written (no mapping): what names a model trained from this file's classes."""
+    rows = _rows(Path(path), text_column, label_column, False)[:limit]
+    return [str(r.raw_label).strip() for r in rows if r.raw_label is not None and str(r.raw_label).strip()]
+
+
+def _rows(path: Path, text_column: str, label_column: str | None, require_labels: bool) -> list[_Row]:
     suffix = path.suffix.lower()
     if is_hf_dataset(path):
         rows = _dataset_rows(path, text_column, label_column, require_labels)
-        return _examples(path, rows, label_column, label2id, require_labels)
+        return _nonempty(path, rows)
     if suffix not in TEXT_SUFFIXES:
         raise DataError(f"{path}: unsupported text file type '{suffix or '(none)'}'",
                         hint=f"use one of {', '.join(TEXT_SUFFIXES + HF_SUFFIXES)}, or a save_to_disk folder")
@@ -68,15 +82,13 @@ def read_text(path: Path | str, text_column: str = "sentence", label_column: str
                 for n, line in enumerate(content.split("\n"), 1) if line.strip()]
     else:
         rows = _table_rows(path, content, suffix == ".tsv", text_column, label_column, require_labels)
-    return _examples(path, rows, label_column, label2id, require_labels)
+    return _nonempty(path, rows)
 
 
-def _examples(path: Path, rows: list[_Row], label_column: str | None, label2id: dict[str, int] | None,
-              require_labels: bool) -> list[TextExample]:
+def _nonempty(path: Path, rows: list[_Row]) -> list[_Row]:
     if not rows:
         raise DataError(f"{path}: no data rows", hint="the file holds no examples; check it is the right file")
-    labels = _labels(path, rows, label_column, label2id, require_labels)
-    return [TextExample(r.text, label, r.source) for r, label in zip(rows, labels)]
+    return rows
 
 
 def _dataset_rows(path: Path, text_column: str, label_column: str | None, require_labels: bool) -> list[_Row]:
@@ -203,7 +215,7 @@ def _text_of(path: Path, line: int, text: str) -> str:
 
 
 def _labels(path: Path, rows: list[_Row], label_column: str | None, label2id: dict[str, int] | None,
-            require_labels: bool) -> list[int | None]:
+            require_labels: bool, unknown_hint: str | None = None) -> list[int | None]:
     missing = [r for r in rows if r.raw_label is None]
     if len(missing) == len(rows):
         if require_labels:
@@ -227,7 +239,7 @@ def _labels(path: Path, rows: list[_Row], label_column: str | None, label2id: di
         known = (", ".join(f"{k!r}={v}" for k, v in sorted(label2id.items(), key=lambda kv: kv[1]))
                  if label2id else "non-negative integer class ids")
         raise DataError(f"{path}: unknown label {shown}{more} in column '{label_column}'",
-                        hint=f"known labels: {known}")
+                        hint=f"known labels: {known}" + (f"; {unknown_hint}" if unknown_hint else ""))
     return out
 
 

@@ -100,7 +100,9 @@ def mean_pool(hidden: Tensor, mask: Tensor | None) -> Tensor:
 
 
 def dir_size(path: Path) -> int:
+    """Bytes of a model file or folder; a folder's README.md (the model card, which grows as the run goes) is
+    not the model and is not counted."""
     path = Path(path)
     if path.is_file():
         return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.relative_to(path) != Path("README.md"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -23,6 +23,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from kdcli.errors import CheckpointError
 from kdcli.models.base import Adapter, Exportable, Outputs, mean_pool
+from kdcli.models.st import Pipeline, read_pipeline
 from kdcli.runtime.files import atomic_path
 
 AUTO_CLASSES = {
@@ -73,11 +74,13 @@ def record_attention_scores() -> Iterator[list[Tensor]]:
 class HFAdapter(Adapter):
     family = "transformers"
 
-    def __init__(self, model: PreTrainedModel, tokenizer: object | None, task: str, path: Path | None = None) -> None:
+    def __init__(self, model: PreTrainedModel, tokenizer: object | None, task: str, path: Path | None = None,
+                 pipeline: Pipeline | None = None) -> None:
         self.module = model
         self.tokenizer = tokenizer
         self.task = task
         self.path = path
+        self.pipeline = pipeline  # a sentence-transformers folder's pooling/normalize: the embedding it returns
         self._attention = "sdpa"
         self.vocab_limit: int | None = None  # causal-lm: logits cut to the vocabulary shared with the other model
 
@@ -131,23 +134,42 @@ class HFAdapter(Adapter):
             hidden_states=hidden,
             attentions=tuple(out.attentions or ()) if "attentions" in needs else (),
             attention_scores=tuple(scores),
-            embedding=mean_pool(last, mask) if "embedding" in needs and last is not None else None,
+            embedding=self.embed(last, mask) if "embedding" in needs and last is not None else None,
             attention_mask=mask,
         )
 
+    def embed(self, last_hidden: Tensor, mask: Tensor | None) -> Tensor:
+        """The sentence embedding: the pipeline's pooling (and normalization), mean pooling without one."""
+        if self.pipeline is not None and self.task == "embedding":
+            return self.pipeline.embed(last_hidden, mask)
+        return mean_pool(last_hidden, mask)
+
+    @property
+    def max_length(self) -> int | None:
+        """The longest input the model's pipeline takes (sentence-transformers' max_seq_length), if it says."""
+        return self.pipeline.max_seq_length if self.pipeline is not None and self.task == "embedding" else None
+
     def exportable(self) -> Exportable:
-        output = "last_hidden_state" if self.task == "embedding" else "logits"
-        per_token = output == "last_hidden_state" or self.task in PER_TOKEN_TASKS
-        axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                output: {0: "batch", 1: "sequence"} if per_token else {0: "batch"}}
-        bare = _Bare(self.module, output, causal=self.task == "causal-lm")
-        return Exportable(bare, ["input_ids", "attention_mask"], [output], axes, "seq_len")
+        axes = {"input_ids": {0: "batch_size", 1: "sequence_length"},
+                "attention_mask": {0: "batch_size", 1: "sequence_length"}}
+        if self.task == "embedding":  # the token states, and the sentence embedding as the pipeline makes it
+            outputs = ["last_hidden_state", "sentence_embedding"]
+            axes.update(last_hidden_state={0: "batch_size", 1: "sequence_length"},
+                        sentence_embedding={0: "batch_size"})
+        else:
+            outputs = ["logits"]
+            axes["logits"] = ({0: "batch_size", 1: "sequence_length"} if self.task in PER_TOKEN_TASKS
+                              else {0: "batch_size"})
+        bare = _Bare(self, outputs, causal=self.task == "causal-lm")
+        return Exportable(bare, ["input_ids", "attention_mask"], outputs, axes, "seq_len")
 
     def save(self, directory: Path) -> None:
         with atomic_path(Path(directory)) as tmp:
             self.module.save_pretrained(tmp, safe_serialization=True)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
+            if self.pipeline is not None and self.task == "embedding":
+                self.pipeline.for_width(self.width(0)).write(tmp)
 
     def example_batch(self, batch_size: int = 2, seq_len: int = 8) -> dict[str, Tensor]:
         generator = torch.Generator().manual_seed(0)
@@ -158,20 +180,29 @@ class HFAdapter(Adapter):
 
 
 class _Bare(nn.Module):
-    """input_ids, attention_mask -> one named output: what optimum exports for these tasks."""
+    """input_ids, attention_mask -> the named outputs optimum exports for these tasks (logits; for embeddings
+    last_hidden_state, and sentence_embedding as optimum's sentence-transformers export has it)."""
 
-    def __init__(self, model: PreTrainedModel, output: str, causal: bool = False) -> None:
+    def __init__(self, adapter: HFAdapter, outputs: list[str], causal: bool = False) -> None:
         super().__init__()
-        self.model = model
-        self.output = output
+        self.model = adapter.module
+        self.embed = adapter.embed
+        self.outputs = outputs
         self.extra = {"use_cache": False} if causal else {}  # prefill only: no KV cache in the graph
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask, **self.extra), self.output)
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **self.extra)
+        if self.outputs == ["logits"]:
+            return out.logits
+        return out.last_hidden_state, self.embed(out.last_hidden_state, attention_mask)
 
 
-def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head: bool = False) -> HFAdapter:
-    """Load a local save_pretrained folder for `task`; never runs remote code, never touches a hub."""
+def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head: bool = False,
+            classes: Sequence[str] | None = None) -> HFAdapter:
+    """Load a local save_pretrained folder for `task`; never runs remote code, never touches a hub.
+
+    `classes` names the outputs of a classification head; a new head (allow_new_head) gets one per class.
+    """
     path = Path(path)
     _check_folder(path)
     try:
@@ -180,6 +211,16 @@ def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head
         raise CheckpointError(f"{path}/config.json: cannot read the model config: {_first_line(exc)}",
                               hint="the folder should come from save_pretrained()") from None
     kwargs = {"num_labels": num_labels} if num_labels and task == "sequence-classification" else {}
+    trained_head = any("ForSequenceClassification" in str(a) for a in getattr(config, "architectures", None) or [])
+    if classes and task == "sequence-classification":
+        if trained_head and config.num_labels != len(classes):
+            raise CheckpointError(f"{path}: its classification head has {config.num_labels} outputs, and the job "
+                                  f"has {len(classes)} classes ({_names(classes)})",
+                                  hint="start from a checkpoint without a head (an encoder), or one trained on these "
+                                       "classes; data.classes lists them")
+        config.id2label = dict(enumerate(classes))
+        config.label2id = {name: i for i, name in enumerate(classes)}
+        kwargs = {}
     try:
         model, info = AUTO_CLASSES[task].from_pretrained(
             path, config=config, local_files_only=True, trust_remote_code=False, attn_implementation="sdpa",
@@ -210,7 +251,12 @@ def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head
         raise CheckpointError(f"{path}: the checkpoint lacks weights the {task} model needs: {', '.join(missing[:4])}",
                               hint="a teacher must be trained for its task; check the profile's `task`")
     model.eval()
-    return HFAdapter(model, _load_tokenizer(path), task, path)
+    return HFAdapter(model, _load_tokenizer(path), task, path, read_pipeline(path) if task == "embedding" else None)
+
+
+def _names(classes: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(repr(c) for c in list(classes)[:limit])
+    return shown + (", ..." if len(classes) > limit else "")
 
 
 def _body_keys(model: PreTrainedModel, keys: list[str]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,16 @@ class TimmAdapter(Adapter):
     def label_names(self) -> list[str] | None:
         return self.class_names or ([str(i) for i in range(self.num_labels)] if self.num_labels else None)
 
+    def set_classes(self, names: Sequence[str]) -> None:
+        """Name the head's outputs: saved as label_names in config.json (timm's own field)."""
+        if len(names) != self.num_labels:
+            where = f"{self.path}: " if self.path else ""
+            raise CheckpointError(f"{where}timm '{self.arch}' has {self.num_labels} outputs, and the job has "
+                                  f"{len(names)} classes",
+                                  hint="build the student with one output per class (student.init.num_classes, "
+                                       "then init-student)")
+        self.class_names = list(names)
+
     @property
     def image_size(self) -> int:
         return int(self.data_config["input_size"][-1])
@@ -66,8 +77,8 @@ class TimmAdapter(Adapter):
 
     def exportable(self) -> Exportable:
         fixed = bool(getattr(self.module, "pretrained_cfg", {}).get("fixed_input_size"))  # ViT: size is baked in
-        axes = {"pixel_values": {0: "batch"} if fixed else {0: "batch", 2: "height", 3: "width"},
-                "logits": {0: "batch"}}
+        axes = {"pixel_values": {0: "batch_size"} if fixed else {0: "batch_size", 2: "height", 3: "width"},
+                "logits": {0: "batch_size"}}  # optimum's names
         return Exportable(self.module, ["pixel_values"], ["logits"], axes, "image_size")
 
     def save(self, directory: Path) -> None:

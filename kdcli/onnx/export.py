@@ -246,3 +246,27 @@ def _check_model(path: Path) -> None:
         onnx.checker.check_model(str(path), full_check=False)
     except Exception as e:
         raise KdcliError(f"exported ONNX model is invalid: {short_error(e)}") from e
+
+
+def set_metadata(path: Path, props: Mapping[str, str]) -> None:
+    """Write `props` into the ONNX file's metadata_props (replacing same-named entries), atomically."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = str(key), str(value)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The ONNX file's metadata_props as a dict."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}

@@ -23,7 +23,8 @@ from kdcli.onnx.parity import ort_session, to_numpy
 
 # A p90 this far above the p50 means other processes took the CPU during the measurement.
 NOISY_P90_OVER_P50 = 1.5
-MODEL_ORDER = ("teacher", "student")
+INT8 = "student-int8"  # the int8 student: onnxruntime rows only
+MODEL_ORDER = ("teacher", "student", INT8)
 RUNTIME_ORDER = ("pytorch", "onnxruntime")
 
 
@@ -35,8 +36,10 @@ class _LatencyDoc(TypedDict):
 
 
 class LatencyReport(_LatencyDoc, total=False):
-    """latency.json; the export command adds ``chart`` (latency.png, or None without matplotlib)."""
+    """latency.json; ``speedup_int8`` (teacher p50 / int8 student p50, onnxruntime) when an int8 model was
+    timed; the export command adds ``chart`` (latency.png, or None without matplotlib) to what it returns."""
 
+    speedup_int8: dict[str, dict[str, float]]
     chart: str | None
 
 
@@ -68,15 +71,16 @@ def measure(fn: Callable[[], object], *, warmup: int = 3, min_runs: int = 10, mi
             "max_ms": float(ms.max()), "std_ms": float(ms.std()), "runs": int(ms.size), "total_s": float(total)}
 
 
-def latency_rows(models: Mapping[str, tuple[nn.Module, Path | str | None]],
+def latency_rows(models: Mapping[str, tuple[nn.Module | None, Path | str | None]],
                  make_inputs: Callable[[int], dict[str, Tensor]], batch_sizes: Sequence[int], shape_key: str,
                  shape_value: int, threads: int, *, warmup: int = 3, min_runs: int = 10, min_seconds: float = 0.5,
                  max_runs: int = 1000) -> list[dict[str, Any]]:
     """One row per model x runtime x batch size.
 
-    ``models`` maps "teacher"/"student" to ``(torch_module, onnx_path_or_None)``; the module takes the inputs
-    positionally, in ``make_inputs`` dict order. The same inputs (made once per batch size) go to every model
-    and runtime. torch's intra-op threads (restored after) and ORT's ``intra_op_num_threads`` are ``threads``.
+    ``models`` maps "teacher"/"student"/"student-int8" to ``(torch_module_or_None, onnx_path_or_None)``; the
+    module takes the inputs positionally, in ``make_inputs`` dict order (None: onnxruntime rows only). The same
+    inputs (made once per batch size) go to every model and runtime. torch's intra-op threads (restored after)
+    and ORT's ``intra_op_num_threads`` are ``threads``.
     """
     if shape_key not in ("seq_len", "image_size"):
         raise ValueError(f"shape_key must be 'seq_len' or 'image_size', got {shape_key!r}")
@@ -98,12 +102,15 @@ def latency_rows(models: Mapping[str, tuple[nn.Module, Path | str | None]],
                     for name, (_, path) in models.items() if path is not None}
         with contextlib.ExitStack() as stack:
             for module, _ in models.values():
-                stack.enter_context(eval_mode(module))
+                if module is not None:
+                    stack.enter_context(eval_mode(module))
             for bs in sizes:
                 inputs = make_inputs(bs)
                 feeds = {k: to_numpy(v) for k, v in inputs.items()}
                 for name in order:
-                    timings = {"pytorch": measure(_torch_fn(models[name][0], list(inputs.values())), **knobs)}
+                    module = models[name][0]
+                    timings = {} if module is None else {
+                        "pytorch": measure(_torch_fn(module, list(inputs.values())), **knobs)}
                     if name in sessions:
                         timings["onnxruntime"] = measure(_ort_fn(sessions[name], feeds, name), **knobs)
                     rows += [_row(name, runtime, bs, shape_key, shape_value, timings[runtime])
@@ -140,12 +147,12 @@ def _row(model: str, runtime: str, bs: int, shape_key: str, shape_value: int, t:
             **({"tokens_per_s": round(bs * shape_value / (p50 / 1e3), 1)} if shape_key == "seq_len" else {})}
 
 
-def speedup(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """teacher p50 / student p50 per runtime and batch size ({"onnxruntime": {"1": x}, ...})."""
+def speedup(rows: Sequence[Mapping[str, Any]], of: str = "student") -> dict[str, dict[str, float]]:
+    """teacher p50 / `of`'s p50 per runtime and batch size ({"onnxruntime": {"1": x}, ...})."""
     p50 = {(str(r["model"]), str(r["runtime"]), int(r["batch_size"])): float(r["p50_ms"]) for r in rows}
-    out: dict[str, dict[str, float]] = {"onnxruntime": {}, "pytorch": {}}
+    out: dict[str, dict[str, float]] = {"onnxruntime": {}} if of == INT8 else {"onnxruntime": {}, "pytorch": {}}
     for (model, runtime, bs), teacher in sorted(p50.items(), key=lambda kv: (kv[0][1], kv[0][2])):
-        student = p50.get(("student", runtime, bs))
+        student = p50.get((of, runtime, bs))
         if model == "teacher" and student is not None and student > 0:
             out.setdefault(runtime, {})[str(bs)] = round(teacher / student, 3)
     return out
@@ -153,5 +160,8 @@ def speedup(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
 
 def latency_report(rows: Sequence[Mapping[str, Any]], threads: int, sizes: Mapping[str, int]) -> LatencyReport:
     """The latency.json document."""
-    return {"threads": int(threads), "rows": [dict(r) for r in rows], "speedup": speedup(rows),
-            "size_bytes": dict(sizes)}
+    report: LatencyReport = {"threads": int(threads), "rows": [dict(r) for r in rows], "speedup": speedup(rows),
+                             "size_bytes": dict(sizes)}
+    if any(r["model"] == INT8 for r in rows):
+        report["speedup_int8"] = speedup(rows, INT8)
+    return report

@@ -12,21 +12,50 @@ from kdcli.runtime.files import atomic_path
 
 
 def render_markdown(report: Mapping[str, Any] | None, parity: Mapping[str, Any] | None,
-                    sizes: Mapping[str, int] | None = None) -> str:
-    """report.md: latency table (flagging noisy rows), speed-up lines, sizes and a parity line.
-    Without a latency report (export --no-latency), sizes and parity alone."""
+                    int8: Mapping[str, Any] | None = None, sizes: Mapping[str, int] | None = None) -> str:
+    """report.md: latency table (flagging noisy rows) and speed-up lines (when latency was measured), sizes,
+    the int8 model judged beside fp32 (when quantized), and a parity line. ``sizes`` stands in for the latency
+    report's ``size_bytes`` when latency was not measured (export --no-latency)."""
+    lines = ["# Export report", ""]
     if report is None:
-        lines = ["# Export report", "", "Latency: not measured (--no-latency)", ""]
+        lines += ["Latency: not measured (--no-latency)", ""]
     else:
         rows = list(report.get("rows", []))
-        lines = ["# Latency report", "", f"CPU threads: {report.get('threads', '?')}", ""]
+        lines += ["## Latency", "", f"CPU threads: {report.get('threads', '?')}", ""]
         lines += _table(rows, _shape_key(rows)) + [""] + _noise_note(rows)
         lines += _speedups(report.get("speedup") or {}) + [""]
+        if report.get("speedup_int8"):
+            lines += _speedups(report["speedup_int8"], "teacher p50 / int8 student p50") + [""]
         sizes = report.get("size_bytes") or sizes
     if sizes:
         lines += ["## Size", ""] + [f"- {name}: {_fmt_bytes(n)} ({int(n)} bytes)" for name, n in sizes.items()] + [""]
+    if int8 is not None:
+        lines += _int8_lines(int8) + [""]
     lines += [_parity_line(parity), ""]
     return "\n".join(lines)
+
+
+def _int8_lines(int8: Mapping[str, Any]) -> list[str]:
+    lines = ["## int8 (dynamic quantization)", ""]
+    metric = int8.get("metric")
+    if metric:
+        lines += [f"| model | {metric} |", "|---|---:|", f"| fp32 | {_fmt_num(int8.get('fp32'))} |",
+                  f"| int8 | {_fmt_num(int8.get('int8'))} |", "",
+                  f"Drop: {_fmt_num(int8.get('drop'))} on {int8.get('samples', 0)} samples"
+                  + (f" (gate --max-drop {int8['max_drop']:g}: {'PASS' if int8.get('passed') else 'FAIL'})"
+                     if int8.get("max_drop") is not None else " (not gated)")]
+    else:
+        lines += ["Not scored: the profile names no eval or train data."]
+    agreement = int8.get("agreement_with_fp32") or {}
+    if agreement:
+        lines += ["", "Agreement with fp32: " + ", ".join(f"{k} {_fmt_num(v)}" for k, v in agreement.items())]
+    if int8.get("size_bytes"):
+        lines += [f"Size: {_fmt_bytes(int8['size_bytes'])} ({int(int8['size_bytes'])} bytes)"]
+    return lines
+
+
+def _fmt_num(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.4f}"
 
 
 def _table(rows: list[Mapping[str, Any]], key: str | None) -> list[str]:
@@ -51,13 +80,13 @@ def _noise_note(rows: list[Mapping[str, Any]]) -> list[str]:
             "Rerun the export on a quiet machine.", ""]
 
 
-def _speedups(sp: Mapping[str, Mapping[str, float]]) -> list[str]:
+def _speedups(sp: Mapping[str, Mapping[str, float]], title: str = "teacher p50 / student p50") -> list[str]:
     lines = [f"- {runtime}, batch {bs}: {float(x):.2f}x"
              for runtime in RUNTIME_ORDER + tuple(k for k in sp if k not in RUNTIME_ORDER)
              for bs, x in (sp.get(runtime) or {}).items()]
     if not lines:
         lines = ["- none (need teacher and student rows for the same runtime and batch)"]
-    return ["## Speed-up (teacher p50 / student p50)", ""] + lines
+    return [f"## Speed-up ({title})", ""] + lines
 
 
 def _shape_key(rows: Sequence[Mapping[str, Any]]) -> str | None:
@@ -105,7 +134,7 @@ def plot_png(report: Mapping[str, Any], path: Path) -> Path | None:
     fig = Figure(figsize=(6.4, 4.0), dpi=100)
     FigureCanvasAgg(fig)  # Agg canvas, no pyplot global state
     ax = fig.add_subplot(1, 1, 1)
-    styles = {"teacher": "-", "student": "--"}
+    styles = {"teacher": "-", "student": "--", "student-int8": ":"}
     markers = {"pytorch": "o", "onnxruntime": "s"}
     for (model, runtime), pts in sorted(series.items()):
         pts.sort()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
@@ -99,6 +100,18 @@ class DataSpec(Strict):
     prompt_column: str = "prompt"
     completion_column: str = "completion"
     messages_column: str = "messages"
+    classes: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None, min_length=1, max_length=CLASSES_MAX,
+        description="class names in output order, for a model trained from labels (default: the teacher's, "
+                    "else the sorted distinct training labels)")
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, value: list[str] | None) -> list[str] | None:
+        twice = [name for name, n in Counter(value or []).items() if n > 1]
+        if twice:
+            raise ValueError(f"class {twice[0]!r} is listed twice")
+        return value
 
 
 class NoiseSpec(Strict):

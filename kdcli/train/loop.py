@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from kdcli.card import read_facts, student_facts, training_facts, update_card
 from kdcli.data.augment import Augment, consistent_augment
+from kdcli.data.labels import LabelMap
 from kdcli.data.splits import Split
 from kdcli.errors import BadInput
 from kdcli.losses import build_losses, needs
@@ -55,6 +57,9 @@ class Job:
     pseudo: tuple[Split, Tensor] | None
     teacher_eval: Tensor | None  # the frozen teacher's eval outputs, computed once
     transfer: Split | None = None  # data.transfer beside labelled data (train/transfer.py)
+    classes: LabelMap | None = None  # the job's class names, in output order (classification tasks)
+    losses: list[dict[str, Any]] = field(default_factory=list)  # every stage's losses, layer maps resolved
+    samples: dict[str, int] = field(default_factory=dict)  # rows read per data file
 
     tracker: Tracker | None = None
 
@@ -145,7 +150,18 @@ def _evaluate_and_keep_best(job: Job, state: TrainState, stage: StageSpec) -> No
     if score is not None and (state.best is None or score > state.best):
         state.best = score
         job.student.save(job.run.best)
+        write_card(job, job.run.best, result.to_json(), state.step)
     job.student.module.train()
+
+
+def write_card(job: Job, folder: Path, evaluation: dict[str, Any] | None, steps: int | None) -> None:
+    """README.md in a saved student folder: the init card's facts (teacher, layer map), then training and eval."""
+    profile = job.profile
+    facts = {**read_facts(profile.student.path), **student_facts(profile, job.student, folder, job.classes),
+             "training": training_facts(profile, job.losses, job.samples, steps)}
+    if evaluation:
+        facts["eval"] = {"samples": job.evalset.size if job.evalset is not None else None, **evaluation}
+    update_card(folder, facts)
 
 
 def _chunk(job: Job, step: int, steps_per_epoch: int) -> list[list[int]]:
