@@ -9,6 +9,7 @@ teacher, 0.5 = twice as perplexed).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -16,8 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdcli.data.splits import Split, to_device
-from kdcli.metrics import Forward
 from kdcli.runtime.distributed import World, shard
+
+# A model's forward on a batch dict (as kdcli.metrics.Forward); not imported from there: metrics calls into here.
+Forward = Callable[[dict[str, Tensor]], Tensor]
 
 
 @dataclass

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdcli.data.splits import Split, loader, to_device
+from kdcli.lm_metrics import evaluate_lm
 from kdcli.models import Adapter
 from kdcli.runtime.distributed import World, gather_rows, shard
 
@@ -120,7 +121,6 @@ def evaluate_pair(student: Adapter, teacher: Adapter | None, split: Split, task:
                   device: torch.device, teacher_outputs: Tensor | None = None) -> PairMetrics:
     """The metrics used during training: the student's task metric and its agreement with the teacher."""
     if task == "causal-lm":  # per-token logits, streamed: the teacher runs beside the student
-        from kdcli.lm_metrics import evaluate_lm
         lm = evaluate_lm(outputs_of(student, task), outputs_of(teacher, task) if teacher else None, split,
                          batch_size, device)
         return PairMetrics(lm.student, lm.agreement)
