@@ -107,11 +107,11 @@ def train_stage(job: Job, state: TrainState, stage: StageSpec, steps_per_epoch: 
     feed = _feed(job, state, stage)
     step_module = _step_module(job, state)
     job.student.module.train()
-    started, seen = time.perf_counter(), 0
+    started, seen, orders = time.perf_counter(), 0, {}
     try:
         with finish_the_step():
             while state.step < total_steps:
-                chunk = _chunk(job, state.step, steps_per_epoch)
+                chunk = _chunk(job, state.step, steps_per_epoch, orders)
                 terms = mean_terms(world, optimizer_step(step_module, chunk, state, feed, cfg))
                 state.step += 1
                 seen += sum(len(indices) for indices in chunk) * world.size
@@ -164,11 +164,14 @@ def write_card(job: Job, folder: Path, evaluation: dict[str, Any] | None, steps:
     update_card(folder, facts)
 
 
-def _chunk(job: Job, step: int, steps_per_epoch: int) -> list[list[int]]:
-    """This rank's batches for a step: every world.size-th one of the epoch's seeded order."""
+def _chunk(job: Job, step: int, steps_per_epoch: int, orders: dict[int, list[list[int]]]) -> list[list[int]]:
+    """This rank's batches for a step: every world.size-th one of the epoch's seeded order (built once an epoch)."""
     cfg, world = job.profile.train, job.session.world
     epoch, position = divmod(step, steps_per_epoch)
-    order = job.train.order(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch)
+    if epoch not in orders:
+        orders.clear()
+        orders[epoch] = job.train.order(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch)
+    order = orders[epoch]
     first = position * cfg.grad_accum * world.size + world.rank
     return [order[first + j * world.size] for j in range(cfg.grad_accum)]
 

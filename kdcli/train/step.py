@@ -191,11 +191,13 @@ def weighted_total(losses: nn.ModuleList | list, s_out: Outputs, t_out: Outputs 
 def cycle_indices(size: int, count: int, micro: int, seed: int) -> list[int]:
     """Micro-batch `micro`'s share of an endless, reshuffled-each-pass walk over `size` samples."""
     start = micro * count
+    orders: dict[int, list[int]] = {}  # one permutation per pass touched, not one per sample
     picked = []
     for position in range(start, start + count):
         cycle, offset = divmod(position, size)
-        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 31 + cycle))
-        picked.append(int(order[offset]))
+        if cycle not in orders:
+            orders[cycle] = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 31 + cycle)).tolist()
+        picked.append(orders[cycle][offset])
     return picked
 
 
