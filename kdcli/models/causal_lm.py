@@ -15,6 +15,7 @@ from transformers import PreTrainedModel
 from kdcli.errors import BadInput, CheckpointError
 from kdcli.losses.layermap import select_layers
 from kdcli.models.hf import HFAdapter
+from kdcli.models.shrink import renumber_layers
 from kdcli.profile import StudentInit
 
 DECODER_LAYER_KEY = re.compile(r"(model\.layers|transformer\.h)\.(\d+)\.")
@@ -51,21 +52,10 @@ def shrink_decoder(teacher: HFAdapter, init: StudentInit) -> tuple[HFAdapter, li
         config.max_window_layers = sum(1 for i in layers if i < config.max_window_layers)
     config.num_hidden_layers = len(layers)  # GPT-2 maps this onto n_layer
     student = type(model)(config)
-    state = _renumber(model.state_dict(), layers)
+    state = renumber_layers(model.state_dict(), layers, DECODER_LAYER_KEY)
     student.load_state_dict(state, strict=True)
     student.tie_weights()
     return HFAdapter(student.eval(), teacher.tokenizer, "causal-lm"), layers, len(state)
-
-
-def _renumber(state: dict[str, torch.Tensor], layers: list[int]) -> dict[str, torch.Tensor]:
-    kept: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        match = DECODER_LAYER_KEY.search(key)
-        if match is None:
-            kept[key] = value.clone()
-        elif int(match[2]) in layers:
-            kept[f"{key[: match.start()]}{match[1]}.{layers.index(int(match[2]))}.{key[match.end():]}"] = value.clone()
-    return kept
 
 
 # --- vocabularies --------------------------------------------------------------------------------------

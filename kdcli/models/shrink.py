@@ -35,7 +35,7 @@ def shrink_transformer(teacher: HFAdapter, init: StudentInit, task: str) -> tupl
         raise BadInput(f"init-student: {type(model).__name__} is not a BERT-style encoder (no encoder.layer list)",
                        hint="transformers teachers supported: BERT, RoBERTa and alike; or build the student yourself")
     layers = select_layers(init.layers, teacher.depth)
-    state = _renumber(model.state_dict(), layers)
+    state = renumber_layers(model.state_dict(), layers)
     if init.architecture == "distilbert":
         student = _to_distilbert(model, state, len(layers), task)
     elif init.architecture == "same":
@@ -47,11 +47,13 @@ def shrink_transformer(teacher: HFAdapter, init: StudentInit, task: str) -> tupl
     return HFAdapter(student.eval(), teacher.tokenizer, task), layers, copied
 
 
-def _renumber(state: dict[str, torch.Tensor], layers: list[int]) -> dict[str, torch.Tensor]:
-    """Keep the chosen layers, renumbered 0..k-1; everything else as it is (cloned)."""
+def renumber_layers(state: dict[str, torch.Tensor], layers: list[int], pattern: re.Pattern[str] = LAYER_KEY
+                    ) -> dict[str, torch.Tensor]:
+    """Keep the chosen layers, renumbered 0..k-1; everything else as it is (cloned). `pattern` finds a
+    key's layer list and index (groups 1 and 2): BERT's encoder.layer, timm's blocks, decoders' layers."""
     kept: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        match = LAYER_KEY.search(key)
+        match = pattern.search(key)
         if match is None:
             kept[key] = value.clone()
         elif int(match[2]) in layers:
@@ -157,7 +159,7 @@ def shrink_timm(teacher: TimmAdapter, init: StudentInit) -> tuple[TimmAdapter, l
         layers = select_layers(init.layers, len(blocks))
         args = {**teacher.model_args, **init.model_args, "depth": len(layers)}
         student = create(teacher.arch, **args)
-        state = _renumber(model.state_dict(), layers)
+        state = renumber_layers(model.state_dict(), layers)
         student.load_state_dict(state, strict=True)
         return TimmAdapter(student.eval(), teacher.arch, args, class_names=teacher.class_names), layers, len(state)
     args = {k: v for k, v in teacher.model_args.items() if k in ("num_classes", "img_size", "in_chans")}
