@@ -9,22 +9,26 @@ teacher and is scored on GLUE dev (data/sst2/test.tsv, 872 sentences).
 python -m bench.sst2_transfer [--work runs/bench-transfer] [--arms labels kd transfer ...] [--seeds 0 1 2]
     [--rows N]   scale the scenario down: the teacher learns from the 6,735 plus the first N rows of
                  train.tsv, and those N sentences (labels dropped) are the transfer set (default: all 60,614)
+
+Every stage runs through the CLI (`kdcli distill`, `kdcli evaluate`) in a child process, so a stopped bench
+loses nothing: SIGTERM or Ctrl-C saves a checkpoint, and a rerun resumes the stage in flight. Each finished
+arm is appended to WORK/results.jsonl (accuracy, wall and CPU seconds, load average) and skipped on a rerun.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.common import SST2, classifier_teacher, emit, write_profile
-from kdcli.commands.distill import distill
-from kdcli.commands.evaluate import evaluate
-from kdcli.commands.init_student import init_student
-from kdcli.profile import load_profile
 
 DATA = {"eval": str(SST2 / "test.tsv"), "max_length": 64}
 KD = [{"kind": "ce", "weight": 0.2}, {"kind": "hinton", "weight": 0.8, "temperature": 2.0}]
@@ -64,10 +68,39 @@ def teacher(work: Path, epochs: float, rows: int) -> tuple[str, float]:
         "student": {"path": str(classifier_teacher(work / "minilm-cls"))},
         "data": {**DATA, "train": str(full)}, "distill": {"losses": [{"kind": "ce"}]},
         "train": {"epochs": epochs, "batch_size": 32, "lr": 1e-4, "warmup_ratio": 0.06, "seed": 0,
-                  "log_every": 100, "cache_teacher": False},
+                  "log_every": 100, "cache_teacher": False, "checkpoint_every": 200, "eval_every": 1000},
         "output": str(out)}, f"teacher-{rows}.yaml")
-    distill(load_profile(profile))
+    kdcli("distill", profile, resumable=out)
     return str(out / "student"), time.perf_counter() - start
+
+
+def kdcli(command: str, profile: Path, *extra: str, resumable: Path | None = None) -> dict[str, Any]:
+    """One CLI command in a child process (its own SIGTERM handling); distill resumes a stopped run."""
+    if resumable is not None and (resumable / "checkpoints" / "last.pt").is_file():
+        extra = (*extra, "--resume")
+    done = subprocess.run([sys.executable, "-m", "kdcli", command, str(profile), "--json", *extra],
+                          stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"kdcli {command} {profile} exited {done.returncode}: {done.stdout[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def child_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def finished(work: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    path = work / "results.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+    return {(row["arm"], row["seed"]): row for row in rows}
+
+
+def record(work: Path, row: dict[str, Any]) -> None:
+    with open(work / "results.jsonl", "a", encoding="utf-8") as out:
+        out.write(json.dumps(row) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def run_arm(work: Path, teacher_path: str, arm: str, seed: int, epochs: float, overrides: dict,
@@ -75,7 +108,7 @@ def run_arm(work: Path, teacher_path: str, arm: str, seed: int, epochs: float, o
     losses, data_extra, train_extra = ARMS[arm]
     data_extra = transfer if data_extra else {}
     out = work / f"{arm}-{seed}"
-    start = time.perf_counter()
+    start, cpu, load = time.perf_counter(), child_cpu_s(), os.getloadavg()
     spec = {"name": arm, "task": "sequence-classification", "teacher": {"path": teacher_path},
             "student": {"path": str(work / f"init-{Path(teacher_path).parent.name}"), "init": {"layers": "uniform:3",
                                                              "drop": ["token_type_embeddings"]}},
@@ -84,13 +117,16 @@ def run_arm(work: Path, teacher_path: str, arm: str, seed: int, epochs: float, o
             "train": {"epochs": epochs, "batch_size": 32, "lr": 1e-4, "warmup_ratio": 0.1, "seed": seed,
                       "log_every": 100, "cache_teacher": True, **train_extra, **overrides},
             "output": str(out)}
-    profile = load_profile(write_profile(work, spec, f"{arm}-{seed}.yaml"))
+    profile = write_profile(work, spec, f"{arm}-{seed}.yaml")
     if not (Path(spec["student"]["path"]) / "config.json").is_file():
-        init_student(profile)
-    distill(profile)
-    result = evaluate(profile).to_json()
+        kdcli("init-student", profile)
+    if not (out / "student" / "config.json").is_file():
+        kdcli("distill", profile, resumable=out)
+    result = kdcli("evaluate", profile)
     return {"arm": arm, "seed": seed, "accuracy": result["metrics"]["accuracy"],
-            "teacher": result["teacher_metrics"]["accuracy"], "wall_s": round(time.perf_counter() - start, 1)}
+            "teacher": result["teacher_metrics"]["accuracy"], "wall_s": round(time.perf_counter() - start, 1),
+            "cpu_s": round(child_cpu_s() - cpu, 1), "load_start": [round(x, 2) for x in load],
+            "load_end": [round(x, 2) for x in os.getloadavg()], "overrides": overrides}
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -127,7 +163,11 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         for arm in args.arms:
-            rows.append(run_arm(work, teacher_path, arm, seed, args.epochs, overrides, transfer))
+            done = finished(work).get((arm, seed))
+            if done is None:
+                done = run_arm(work, teacher_path, arm, seed, args.epochs, overrides, transfer)
+                record(work, done)
+            rows.append(done)
             print(json.dumps(rows[-1]), flush=True)
     emit({"bench": "sst2_transfer", "epochs": args.epochs, "seeds": args.seeds, "overrides": overrides,
           "teacher_rows": 6735 + args.rows, "transfer_rows": args.rows, "transfer_ratio": ratio,
