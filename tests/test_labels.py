@@ -249,3 +249,37 @@ def test_a_timm_student_from_labels_takes_its_classes_from_the_folders(tmp_path,
     result = kd("distill", profile)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "run" / "student" / "config.json").read_text())["label_names"] == CLASSES
+
+
+def test_a_default_binary_classifier_teacher_runs_the_whole_job(tmp_path, bert_encoder, sst_tiny, one_thread):
+    """transformers 5 writes no id2label for 2 default-named classes: the config object's LABEL_0/LABEL_1 count."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from conftest import tiny_bert_config
+    teacher = tmp_path / "teacher"
+    BertForSequenceClassification(tiny_bert_config(num_labels=2)).save_pretrained(teacher)
+    AutoTokenizer.from_pretrained(bert_encoder).save_pretrained(teacher)
+    assert "id2label" not in json.loads((teacher / "config.json").read_text())  # saved as the library saves it
+    spec = {"name": "binary", "task": "sequence-classification", "teacher": {"path": str(teacher)},
+            "student": {"path": "student-init", "init": {"layers": [0, 1]}},
+            "data": {"train": str(sst_tiny), "eval": str(sst_tiny), "max_length": 16},
+            "distill": {"losses": [{"kind": "ce", "weight": 0.5}, {"kind": "hinton", "weight": 0.5}]},
+            "train": {"max_steps": 2, "batch_size": 8, "threads": 1}, "output": "run"}
+    profile = write(tmp_path / "p.yaml", spec)
+    for command in ("init-student", "check", "distill", "evaluate"):
+        result = kd(command, profile, "--json")
+        assert result.exit_code == 0, (command, result.output)
+    assert json.loads(result.stdout)["metrics"]["accuracy"] >= 0.0
+    checked = json.loads(kd("check", profile, "--json").stdout)
+    assert checked["classes"] == {"names": ["LABEL_0", "LABEL_1"], "source": "teacher"}
+    exported = kd("export", profile, "--json")
+    assert exported.exit_code == 0, exported.output
+
+
+def test_no_class_names_says_what_it_saw(tmp_path, bert_encoder, sst_tiny):
+    unlabelled = tmp_path / "text.tsv"
+    unlabelled.write_text("sentence\n" + "".join(f"{line.split(chr(9))[0]}\n" for line in
+                                                 sst_tiny.read_text().splitlines()[1:]))
+    refused = kd("check", write(tmp_path / "p.yaml", from_labels_spec(bert_encoder, unlabelled)))
+    assert refused.exit_code == 2, refused.output
+    assert "the training data shows no labels" in refused.stderr and "data.classes" in refused.stderr

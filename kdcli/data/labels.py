@@ -96,11 +96,22 @@ def peek_classes(path: Path) -> ModelClasses:
         return ModelClasses(names=[str(n) for n in names] if isinstance(names, list) and names else None,
                             head=int(count) if isinstance(count, int) and count > 0 else None)
     trained = any("ForSequenceClassification" in str(a) for a in config.get("architectures") or [])
-    id2label = config.get("id2label") if isinstance(config.get("id2label"), dict) else {}
-    raw = [str(id2label.get(str(i), i)) for i in range(len(id2label))]
+    raw = _transformers_names(Path(path), config)
     if not trained or not raw:
         return ModelClasses()
     return ModelClasses(names=None if is_default_names(raw) else raw, placeholders=raw, head=len(raw))
+
+
+def _transformers_names(path: Path, config: dict[str, Any]) -> list[str]:
+    """The output names as transformers reads them: its config object fills in `num_labels` LABEL_i names
+    where config.json spells none (transformers 5 writes no id2label for 2 default-named classes)."""
+    try:
+        from transformers import AutoConfig
+        loaded = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        return [str(loaded.id2label.get(i, f"LABEL_{i}")) for i in range(loaded.num_labels)]
+    except Exception:  # an unknown model_type or a config transformers refuses: the loader names it later
+        id2label = config.get("id2label") if isinstance(config.get("id2label"), dict) else {}
+        return [str(id2label.get(str(i), i)) for i in range(len(id2label))]
 
 
 def job_labels(profile: Profile, student_dir: Path | None = None, head: int | None = None) -> LabelMap | None:
@@ -180,12 +191,19 @@ def resolve(task: str, *, declared: list[str] | None, names: list[str] | None, p
     if not found:
         if fallback:
             return LabelMap(tuple(fallback), who)
-        raise DataError("no class names: the training data has no labels, and neither data.classes nor the model "
-                        "names the classes", hint="add labels to data.train, or list data.classes in the profile")
+        raise DataError(f"no class names: {_what_was_seen(who, data_labels is not None)}, and neither data.classes nor "
+                        "the model names the classes",
+                        hint="add a label column to data.train, or list data.classes in the profile")
     derived = list(found) if ordered else from_labels(found)
     if head and len(derived) < head:  # names for the ids the data does not show
         derived += [str(i) for i in range(len(derived), head)]
     return LabelMap(tuple(derived), "data")
+
+
+def _what_was_seen(who: str, data_read: bool) -> str:
+    if data_read:
+        return "the training data shows no labels (no label column, or every label empty)"
+    return f"the {who} has no trained classification head (its config.json names no *ForSequenceClassification)"
 
 
 def from_labels(raw: Iterable[Any]) -> list[str]:
