@@ -198,8 +198,11 @@ def init_student_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = 
 def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False,
                 resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint "
                                                      "(RUN/checkpoints/last.pt).")] = False,
-                force: Annotated[bool, typer.Option("--force", help="Replace an earlier run in `output` (its "
-                                                    "student, checkpoints and metrics are deleted).")] = False,
+                force: Annotated[bool, typer.Option("--force", help="Replace an earlier run in `output`, once the "
+                                                    "profile passed its checks: only what distill writes goes "
+                                                    "(profile.lock.yaml, student/, student-best/, checkpoints/, "
+                                                    "cache/, metrics, eval.json, export/); pseudo/ and files "
+                                                    "kdcli did not write stay.")] = False,
                 nproc: Annotated[int, typer.Option(min=1, max=1024, help="Processes (devices) for data-parallel "
                                                    "training, launched through torchrun; 1 to 1024.")] = 1,
                 ) -> None:

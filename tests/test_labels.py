@@ -253,9 +253,8 @@ def test_a_timm_student_from_labels_takes_its_classes_from_the_folders(tmp_path,
 
 def test_a_default_binary_classifier_teacher_runs_the_whole_job(tmp_path, bert_encoder, sst_tiny, one_thread):
     """transformers 5 writes no id2label for 2 default-named classes: the config object's LABEL_0/LABEL_1 count."""
-    from transformers import AutoTokenizer, BertForSequenceClassification
-
     from conftest import tiny_bert_config
+    from transformers import AutoTokenizer, BertForSequenceClassification
     teacher = tmp_path / "teacher"
     BertForSequenceClassification(tiny_bert_config(num_labels=2)).save_pretrained(teacher)
     AutoTokenizer.from_pretrained(bert_encoder).save_pretrained(teacher)

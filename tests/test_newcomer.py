@@ -97,7 +97,8 @@ def test_distill_force_replaces_an_earlier_run(job, tmp_path):
     assert again.exit_code == 2 and "--force to replace it" in again.stderr
     forced = run("distill", job, "--quiet", "--force", "--json")
     assert forced.exit_code == 0, forced.output
-    assert not stale.exists() and (tmp_path / "run" / "student" / "config.json").is_file()
+    assert stale.read_text() == "from the earlier run"  # not kdcli's: it stays
+    assert (tmp_path / "run" / "student" / "config.json").is_file()
     steps = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert sum("final" in s for s in steps) == 1  # one run's records, not two
     both = run("distill", job, "--force", "--resume")

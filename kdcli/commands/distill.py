@@ -19,8 +19,8 @@ from kdcli.models.causal_lm import align_vocab
 from kdcli.profile import Profile, profile_json
 from kdcli.run import Run
 from kdcli.runtime.distributed import Session, barrier, session
-from kdcli.runtime.files import atomic_write_text, check_writable, empty_folder
-from kdcli.runtime.lock import LOCK_NAME, run_lock
+from kdcli.runtime.files import atomic_write_text, check_writable, refuse_inputs_among, remove_owned
+from kdcli.runtime.lock import run_lock
 from kdcli.train.checkpoint import load_checkpoint, save_checkpoint
 from kdcli.train.loop import Job, OnStep, new_state, steps_of, train_stage, write_card
 from kdcli.train.schedule import seed_everything
@@ -46,7 +46,7 @@ class DistillResult:
 def distill(profile: Profile, *, resume: bool = False, force: bool = False,
             on_step: OnStep | None = None) -> DistillResult:
     """Train the student the profile names; writes the run folder as it goes. `force` starts over in an
-    output folder that holds an earlier run (emptied once the run lock is held)."""
+    output folder that holds an earlier run: what `Run.replaced_by_distill` lists goes, once the preflight passed."""
     if resume and force:
         raise BadInput("--resume continues the run in `output`, --force replaces it: pass one of them")
     # One run per output folder: a second distill there refuses (exit 2) instead of overwriting this one.
@@ -54,14 +54,16 @@ def distill(profile: Profile, *, resume: bool = False, force: bool = False,
     require_trackers(profile.train.report_to)  # a missing extra, an unwritable folder: before any model loads
     check_writable(profile.output)
     with session(profile.train.device) as where, run_lock(profile.output) if where.main else nullcontext():
-        if force and where.main:
-            empty_folder(profile.output, keep={LOCK_NAME})
-        barrier(where.world)
-        return _distill(profile, where, resume, on_step)
+        if force:  # refused before any model loads when the profile reads from what --force replaces
+            refuse_inputs_among(Run(profile.output).replaced_by_distill(), profile.inputs())
+        return _distill(profile, where, resume, force, on_step)
 
 
-def _distill(profile: Profile, where: Session, resume: bool, on_step: OnStep | None) -> DistillResult:
+def _distill(profile: Profile, where: Session, resume: bool, force: bool, on_step: OnStep | None) -> DistillResult:
     job = _prepare(profile, where)
+    if force and where.main:  # only once the preflight passed: a refused job replaces nothing
+        remove_owned(job.run.replaced_by_distill(), profile.inputs())
+    barrier(where.world)
     resumed = _open_run(job, resume)
     if where.main:
         job.tracker = open_tracker(profile.train.report_to, job.run.root, profile.name, profile_json(profile))

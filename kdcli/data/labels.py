@@ -109,7 +109,7 @@ def _transformers_names(path: Path, config: dict[str, Any]) -> list[str]:
         from transformers import AutoConfig
         loaded = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         return [str(loaded.id2label.get(i, f"LABEL_{i}")) for i in range(loaded.num_labels)]
-    except Exception:  # an unknown model_type or a config transformers refuses: the loader names it later
+    except (OSError, ValueError, KeyError, TypeError):  # a config transformers refuses: the loader names it
         id2label = config.get("id2label") if isinstance(config.get("id2label"), dict) else {}
         return [str(id2label.get(str(i), i)) for i in range(len(id2label))]
 

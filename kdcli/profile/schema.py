@@ -215,6 +215,14 @@ class Profile(Strict):
             return self.distill.stages
         return [StageSpec(name="distill", losses=self.distill.losses or [CeSpec(kind="ce")])]
 
+    def inputs(self) -> dict[str, Path]:
+        """Every file or folder the profile reads, by field (the profile itself as `profile`)."""
+        found = {"teacher.path": self.teacher.path if self.teacher else None, "student.path": self.student.path,
+                 "profile": self.source_file}
+        for field in ("train", "eval", "unlabeled", "pseudo", "transfer"):
+            found[f"data.{field}"] = getattr(self.data, field)
+        return {field: Path(value) for field, value in found.items() if value is not None}
+
     def needs_teacher(self) -> bool:
         """Whether some loss reads the teacher's outputs."""
         return any(loss.teacher_needs for loss in self.loss_specs())

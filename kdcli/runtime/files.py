@@ -242,11 +242,22 @@ def _raise_if_disk(exc: BaseException, path: Path) -> None:
     raise BadInput(f"cannot write {path}: {reason}", hint=hint) from exc
 
 
-def empty_folder(folder: Path, keep: set[str]) -> None:
-    """Remove everything in `folder` but the names in `keep` (distill --force: the run lock stays held)."""
-    for entry in Path(folder).iterdir() if Path(folder).is_dir() else []:
-        if entry.name not in keep:
-            _remove(entry)
+def refuse_inputs_among(paths: list[Path], inputs: dict[str, Path]) -> None:
+    """Refuse (exit 2) when one of `paths` is or holds a path in `inputs` (field name to path)."""
+    for field, item in inputs.items():
+        where = Path(item).resolve()
+        for path in paths:
+            owned = Path(path).resolve()
+            if where == owned or owned in where.parents:
+                raise BadInput(f"--force would delete {path}, and the profile reads {item} from it ({field})",
+                               hint=f"move {field} out of {path}, or point `output` at another folder")
+
+
+def remove_owned(paths: list[Path], inputs: dict[str, Path]) -> None:
+    """Remove `paths`, files or folders kdcli wrote, and nothing else; none goes if one holds an input."""
+    refuse_inputs_among(paths, inputs)
+    for path in paths:
+        _remove(Path(path))
 
 
 def _remove(path: Path) -> None:
