@@ -175,12 +175,14 @@ def check(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False) -> N
 
 @command("init-student")
 def init_student_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False,
-                     quiet: QuietOpt = False) -> None:
+                     quiet: QuietOpt = False,
+                     force: Annotated[bool, typer.Option("--force", help="Write over a student already in "
+                                                         "student.path.")] = False) -> None:
     """Derive a smaller student from the teacher: kept layers copied bit for bit."""
     loaded = _load(profile, set_)
     from kdcli.commands.init_student import init_student
     with Progress(err, quiet) as shown:
-        report = init_student(loaded, on_event=shown.say)
+        report = init_student(loaded, on_event=shown.say, force=force)
     if json_:
         print_json(report.to_json())
         return

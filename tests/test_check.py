@@ -78,6 +78,16 @@ def test_a_missing_eval_or_unlabeled_file(tmp_path, bert_cls, sst_tiny):
     assert result.exit_code == 2 and f"{tmp_path / 'u.txt'}: no such file" in result.stderr
 
 
+@pytest.mark.parametrize("transfer, needle", [("missing.txt", "no such file"), ("empty.csv", "empty"),
+                                               ("latin1.txt", "not valid UTF-8")])
+def test_a_bad_transfer_file_is_refused_by_check_as_by_distill(tmp_path, bert_cls, sst_tiny, transfer, needle):
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("un film tr\xe8s bon\n".encode("latin-1"))
+    content = spec(bert_cls, sst_tiny, bert_cls)
+    content["data"]["transfer"] = str(tmp_path / transfer)
+    both_refuse(write(tmp_path / "p.yaml", content), str(tmp_path / transfer), needle)
+
+
 def test_a_header_typo(tmp_path, bert_cls, sst_tiny):
     typo = tmp_path / "typo.tsv"
     typo.write_text(sst_tiny.read_text().replace("sentence\t", "sentense\t", 1))

@@ -200,6 +200,32 @@ def test_exported_onnx_scores_like_pytorch(job, report):
     assert from_onnx["agreement"]["kl"] == pytest.approx(report["agreement"]["kl"], rel=1e-3, abs=1e-7)
 
 
+@pytest.mark.parametrize("content", [b"", b"not a model\n", "truncated"], ids=["empty", "text", "truncated"])
+def test_a_bad_onnx_file_is_bad_input_naming_it(job, report, tmp_path, content):
+    exported = job["root"] / "run" / "export" / "model.onnx"
+    if not exported.is_file():
+        export_profile(load_profile(job["profile"]), latency=False)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(exported.read_bytes()[:2000] if content == "truncated" else content)
+    result = evaluate(job["profile"], "--model", bad)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"--model {bad}: not a model onnxruntime can load" in result.stderr
+    assert "bug in kdcli" not in result.stderr
+
+
+def test_an_onnx_model_of_another_task_is_refused(job, report, write_profile, bert_encoder, tmp_path):
+    spec = {"name": "emb", "task": "embedding", "teacher": {"path": str(bert_encoder)},
+            "student": {"path": str(bert_encoder)}, "data": {"eval": str(job["root"] / "eval.tsv"), "max_length": 16},
+            "distill": {"losses": [{"kind": "hidden_cosine"}]}, "output": str(tmp_path / "emb-run"),
+            "export": {"batch_sizes": [1]}}
+    exported = CliRunner().invoke(app, ["export", str(write_profile(spec)), "--student", str(bert_encoder),
+                                        "--output", str(tmp_path / "emb"), "--no-latency"])
+    assert exported.exit_code == 0, exported.output
+    result = evaluate(job["profile"], "--model", tmp_path / "emb" / "model.onnx")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "exported for task embedding, and this profile's task is sequence-classification" in result.stderr
+
+
 # --- embeddings --------------------------------------------------------------------------------------
 
 def test_embedding_task_reports_cosine_and_neighbours(write_profile, bert_encoder, tmp_path):
@@ -231,3 +257,5 @@ def test_embedding_task_reports_cosine_and_neighbours(write_profile, bert_encode
     assert json.loads(itself.stdout)["agreement"] == {"cosine_to_teacher": pytest.approx(1.0), "nn_agreement": 1.0}
     gate = evaluate(path, "--model", tmp_path / "student-init", "--min-metric", "1.01")
     assert gate.exit_code == 1 and f"cosine_to_teacher is {cosine:.4f}" in gate.stderr
+    kl = evaluate(path, "--model", tmp_path / "student-init", "--max-kl", "0.1")
+    assert kl.exit_code == 2 and "--max-kl does not apply to task embedding" in kl.stderr

@@ -373,3 +373,15 @@ def test_mask_tokens_probability_and_edge_cases() -> None:
     out, labels = KF.mask_tokens(short, torch.ones_like(spec), MASK_ID, VOCAB,
                                  generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, short) and bool((labels == -100).all())
+
+
+def test_embedding_cosine_is_one_minus_the_cosine_of_the_served_vectors() -> None:
+    """The embedding_cosine kind on Outputs.embedding [B, D]: mean over rows of 1 − cos, as evaluate scores it."""
+    from kdcli.losses.response import EmbeddingCosine
+    from kdcli.losses.specs import EmbeddingCosineSpec
+    from kdcli.models.base import Outputs
+    s = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]])
+    t = torch.tensor([[1.0, 1.0], [0.0, 1.0], [-3.0, -4.0]])
+    loss = EmbeddingCosine(EmbeddingCosineSpec(kind="embedding_cosine"))
+    got = loss(Outputs(embedding=s), Outputs(embedding=t), {}).item()
+    assert got == pytest.approx(((1 - 1 / math.sqrt(2)) + 0.0 + 2.0) / 3, rel=1e-6)

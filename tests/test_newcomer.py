@@ -194,3 +194,41 @@ def test_install_md_states_the_bounds_pyproject_declares():
         name, _, bound = requirement.partition(">=")
         if name in ("torch", "transformers", "timm"):
             assert f"| {name} | `>={bound}` |" in text, requirement
+
+
+def test_distill_before_init_student_says_to_run_it(job):
+    message = one_line_error(run("distill", job))
+    assert "no student at" in message and "run kdcli init-student first" in message
+
+
+def test_init_student_refuses_to_write_over_a_student_without_force(job, tmp_path):
+    assert run("init-student", job).exit_code == 0
+    made = (tmp_path / "student-init" / "config.json").read_bytes()
+    message = one_line_error(run("init-student", job, "--set", "student.init.layers=[0]"))
+    assert "already holds files" in message and "--force" in message
+    assert (tmp_path / "student-init" / "config.json").read_bytes() == made
+    forced = run("init-student", job, "--force", "--set", "student.init.layers=[0]")
+    assert forced.exit_code == 0, forced.output
+    assert json.loads((tmp_path / "student-init" / "config.json").read_text())["num_hidden_layers"] == 1
+
+
+def test_utf16_data_gets_the_utf16_conversion(job, tmp_path):
+    data = tmp_path / "unicode.csv"
+    data.write_bytes("sentence,label\ngreat film,1\n".encode("utf-16"))  # with its byte-order mark, as Excel saves
+    assert run("init-student", job).exit_code == 0
+    message = one_line_error(run("check", job, "--set", f"data.train={data}"))
+    assert "UTF-16LE text" in message and "iconv -f utf-16le -t utf-8" in message and "cp1252" not in message
+
+
+def test_an_output_that_is_a_file_says_so(job, tmp_path):
+    (tmp_path / "taken").write_text("a file of the user's\n")
+    assert run("init-student", job).exit_code == 0
+    message = one_line_error(run("distill", job, "--set", f"output={tmp_path / 'taken'}"))
+    assert f"output: {tmp_path / 'taken'} is a file, not a folder" in message
+    assert (tmp_path / "taken").read_text() == "a file of the user's\n"
+
+
+def test_drop_pooler_on_a_same_architecture_student_is_refused_by_check_too(job):
+    for command in ("check", "init-student"):
+        message = one_line_error(run(command, job, "--set", "student.init.drop=[pooler]"))
+        assert "drop: [pooler] needs architecture: distilbert" in message

@@ -129,6 +129,17 @@ def test_the_onnx_export_has_the_sentence_embedding(st_job, tmp_path, one_thread
                                                   "attention_mask": batch["attention_mask"]})
     np.testing.assert_allclose(got, encode(student), atol=1e-5)
 
+    # A text past the pipeline's limit (12 tokens) is cut where SentenceTransformer cuts it: the tokenizer
+    # written to export/ says so itself, with no max_length from the caller.
+    tokenizer = AutoTokenizer.from_pretrained(alone)
+    assert tokenizer.model_max_length == 12
+    long_text = [" ".join(SENTENCES)]
+    batch = tokenizer(long_text, truncation=True, return_tensors="np")
+    assert batch["input_ids"].shape[1] == 12
+    (got,) = session.run(["sentence_embedding"], {"input_ids": batch["input_ids"],
+                                                  "attention_mask": batch["attention_mask"]})
+    np.testing.assert_allclose(got, encode(student, long_text), atol=1e-5)
+
 
 @pytest.mark.parametrize("pooling, normalize", [({"pooling_mode": "mean"}, False),
                                                 ({"pooling_mode_max_tokens": True}, True),

@@ -12,7 +12,7 @@ import yaml
 
 import kdcli
 from kdcli.commands.preflight import preflight
-from kdcli.data.splits import concat, load_split, transfer_split
+from kdcli.data.splits import concat, load_split
 from kdcli.errors import BadInput
 from kdcli.metrics import collect, outputs_of
 from kdcli.models.causal_lm import align_vocab
@@ -124,7 +124,7 @@ def _prepare(profile: Profile, where: Session) -> Job:
     if where.main and teacher is not None and found.evalset is not None and not causal:  # the teacher never changes
         teacher_eval = collect(outputs_of(teacher, profile.task), found.evalset, cfg.batch_size, device)[0]
     return Job(profile, Run(profile.output), where, student, teacher, reader, train, found.evalset,
-               None if causal else found.pseudo, teacher_eval, transfer=transfer_split(profile, reader),
+               None if causal else found.pseudo, teacher_eval, transfer=found.transfer,
                classes=found.classes, losses=found.losses, samples=found.samples)
 
 

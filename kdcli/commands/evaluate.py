@@ -21,6 +21,7 @@ from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, GateFailed
 from kdcli.metrics import Forward, agreement, collect, outputs_of, primary_metric, task_metrics
 from kdcli.models import Adapter, dir_size, load_student, load_teacher, mean_pool
+from kdcli.onnx.export import short_error
 from kdcli.profile import Profile
 from kdcli.run import Run
 from kdcli.runtime.distributed import Session, session
@@ -156,6 +157,10 @@ def judge(report: EvalReport, gates: Gates) -> list[GateResult]:
         ("--min-metric", gates.min_metric, metric, metric_name or "metric", lambda v, g: v >= g),
         ("--max-kl", gates.max_kl, report.agreement.get("kl"), "kl", lambda v, g: v <= g),
     ]
+    if gates.max_kl is not None and report.agreement and "kl" not in report.agreement:
+        raise BadInput(f"--max-kl does not apply to task {report.task}: it compares the models by "
+                       f"{', '.join(sorted(report.agreement))}, not by KL",
+                       hint="gate it with --min-retention or --min-metric instead")
     return [GateResult(flag, gate, value, value is not None and ok(value, gate), label)
             for flag, gate, value, label, ok in checks if gate is not None]
 
@@ -217,7 +222,7 @@ def _candidate(profile: Profile, which: str, teacher: Adapter | None, device: to
     if path.suffix == ".onnx":
         run_student = Run(profile.output).student
         classes = job_labels(profile, run_student if run_student.exists() else None)
-        return Candidate(onnx_forward(path, profile.task), None, dir_size(path), str(path), classes)
+        return Candidate(onnx_forward(path, profile.task, classes), None, dir_size(path), str(path), classes)
     classes = job_labels(profile, path)
     student = load_student(profile, path, classes=classes).to(device)
     student.module.eval()
@@ -225,10 +230,9 @@ def _candidate(profile: Profile, which: str, teacher: Adapter | None, device: to
                      student)
 
 
-def onnx_forward(path: Path, task: str) -> Forward:
+def onnx_forward(path: Path, task: str, classes: LabelMap | None = None) -> Forward:
     """Run an exported model in onnxruntime with the same batch dicts PyTorch gets."""
-    import onnxruntime as ort
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = _onnx_session(path, task, classes)
     names = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
 
@@ -243,6 +247,26 @@ def onnx_forward(path: Path, task: str) -> Forward:
             return mean_pool(result, mask.cpu() if mask is not None else None)
         return result
     return run
+
+
+def _onnx_session(path: Path, task: str, classes: LabelMap | None) -> Any:
+    """An onnxruntime session over a file that is an ONNX model of this job's task: exit 2 naming the file
+    otherwise (truncated, empty, not ONNX, another task, another number of classes)."""
+    import onnxruntime as ort
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/NoSuchFile types, not exported
+        raise BadInput(f"--model {path}: not a model onnxruntime can load ({short_error(exc)})",
+                       hint="pass the model.onnx that kdcli export wrote, or export again") from exc
+    made_for = session.get_modelmeta().custom_metadata_map.get("task")
+    if made_for and made_for != task:
+        raise BadInput(f"--model {path}: exported for task {made_for}, and this profile's task is {task}",
+                       hint="evaluate it with the profile it was exported from")
+    width = session.get_outputs()[0].shape[-1] if session.get_outputs()[0].shape else None
+    if classes is not None and isinstance(width, int) and width != len(classes):
+        raise BadInput(f"--model {path}: its output has {width} values, and this job has {len(classes)} classes",
+                       hint="evaluate it with the profile it was exported from")
+    return session
 
 
 def _follow(on_batch: OnBatch | None, model: str) -> Callable[[int, int], None] | None:

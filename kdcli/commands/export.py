@@ -108,13 +108,25 @@ def export_profile(profile: Profile, student_dir: Path | None = None, output: Pa
     (see int8_gate)."""
     if max_drop is not None and quantize != "int8":
         raise BadInput("--max-drop judges the int8 model: it needs --quantize int8", hint="add --quantize int8")
-    say = on_event or (lambda message: None)
     run = Run(profile.output)
     student_dir = Path(student_dir or run.student)
     if not student_dir.exists():
         raise BadInput(f"no student at {student_dir}", hint="run kdcli distill first, or pass --student DIR")
     out = Path(output or run.export)
     check_writable(out)  # before the export and the latency runs, not after them
+    existed = out.exists()
+    try:
+        return _export(profile, student_dir, out, atol, quantize, latency, on_event, latency_seconds, max_drop)
+    except BaseException:  # a failure or a signal: no empty export folder left behind
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _export(profile: Profile, student_dir: Path, out: Path, atol: float | None, quantize: str | None,
+            latency: bool, on_event: Callable[[str], None] | None, latency_seconds: float,
+            max_drop: float | None) -> ExportResult:
+    say = on_event or (lambda message: None)
     classes = job_labels(profile, student_dir)
     student = load_student(profile, student_dir, classes=classes)
     if getattr(student, "pipeline", 1) is None and profile.teacher is not None and profile.task == "embedding":
@@ -181,7 +193,7 @@ def write_serving_files(out: Path, profile: Profile, student: Adapter, classes: 
         if tokenizer is None:
             raise BadInput(f"{student.path}: no tokenizer beside the student (nor the teacher): the export folder "
                            "could not turn text into model inputs", hint="save the tokenizer into the student folder")
-        _save_tokenizer(tokenizer, out)
+        _save_tokenizer(tokenizer, out, student.max_length)
         return
     assert isinstance(student, TimmAdapter)
     source = Path(student.path) / "config.json" if student.path else None
@@ -214,10 +226,16 @@ def _teacher_tokenizer(profile: Profile) -> Any:
     return _load_tokenizer(Path(profile.teacher.path))
 
 
-def _save_tokenizer(tokenizer: Any, out: Path) -> None:
-    """The tokenizer's files into `out`, each one replaced atomically."""
+def _save_tokenizer(tokenizer: Any, out: Path, max_length: int | None = None) -> None:
+    """The tokenizer's files into `out`, each one replaced atomically. `max_length`: where the student's
+    pipeline truncates (sentence-transformers' max_seq_length), so a server truncating by the tokenizer agrees."""
     with tempfile.TemporaryDirectory(dir=out, prefix=".tokenizer-") as tmp:
         tokenizer.save_pretrained(tmp)
+        if max_length is not None:
+            config_file = Path(tmp) / "tokenizer_config.json"
+            config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+            config["model_max_length"] = max_length
+            config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
         for file in Path(tmp).iterdir():
             if file.is_file():
                 os.replace(file, out / file.name)

@@ -32,11 +32,16 @@ class InitReport:
         return asdict(self)
 
 
-def init_student(profile: Profile, on_event: Callable[[str], None] | None = None) -> InitReport:
-    """Build the student the profile describes from its teacher and save it to student.path."""
+def init_student(profile: Profile, on_event: Callable[[str], None] | None = None,
+                 force: bool = True) -> InitReport:
+    """Build the student the profile describes from its teacher and save it to student.path (refused where a
+    model already lies, unless `force`: the CLI asks for --force)."""
     say = on_event or (lambda message: None)
     init = profile.student.init
     out = profile.student.path
+    if not force and Path(out).is_dir() and any(Path(out).iterdir()):
+        raise BadInput(f"student.path: {out} already holds files (a student made earlier?)",
+                       hint="pass --force to write the new student over it, or set student.path to a new folder")
     check_writable(out)
     if profile.teacher is None:
         return _fresh_student(profile)

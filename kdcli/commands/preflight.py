@@ -17,9 +17,10 @@ from torch import Tensor
 
 from kdcli import data
 from kdcli.data.labels import LabelMap, job_labels
+from kdcli.data.lm import read_lm
 from kdcli.data.pseudo import pseudo_split
-from kdcli.data.splits import Split, load_split, map_image_labels, train_and_eval
-from kdcli.errors import BadInput, DataError
+from kdcli.data.splits import Split, lm_columns, load_split, map_image_labels, train_and_eval, transfer_split
+from kdcli.errors import BadInput, CheckpointError, DataError
 from kdcli.models import Adapter, load_student, load_teacher
 from kdcli.profile import Profile
 
@@ -35,6 +36,7 @@ class Preflight:
     train: Split | None = None
     evalset: Split | None = None
     pseudo: tuple[Split, Tensor] | None = None
+    transfer: Split | None = None
     losses: list[dict] = field(default_factory=list)  # per stage: kind, weight, resolved layer map
     samples: dict[str, int] = field(default_factory=dict)  # rows read per data file (train, eval, ...)
 
@@ -48,6 +50,9 @@ def preflight(profile: Profile, *, for_check: bool = False) -> Preflight:
     _teacher_losses(profile)
     teacher = load_teacher(profile) if profile.needs_teacher() or (for_check and profile.teacher) else None
     classes = job_labels(profile)
+    if not for_check and not Path(profile.student.path).exists() and profile.teacher is not None:
+        raise CheckpointError(f"student.path: no student at {profile.student.path} yet",
+                              hint="run kdcli init-student first: it derives the student from the teacher there")
     student = load_student(profile, classes=classes) if Path(profile.student.path).exists() or not for_check else None
     reader = teacher if teacher is not None and profile.needs_teacher() else student or teacher
     if student is not None and getattr(student, "pipeline", 1) is None and getattr(teacher, "pipeline", None):
@@ -70,12 +75,22 @@ def preflight(profile: Profile, *, for_check: bool = False) -> Preflight:
     if profile.data.pseudo and not causal:  # causal-lm: data.pseudo holds the teacher's completions (training data)
         result.pseudo = pseudo_split(profile, reader)
         result.samples["pseudo"] = result.pseudo[0].size
+    result.transfer = transfer_split(profile, reader)  # read as distill reads it: check refuses what distill does
+    if result.transfer is not None:
+        result.samples["transfer"] = result.transfer.size
     if for_check and profile.data.unlabeled:
-        result.samples["unlabeled"] = load_split(profile, "unlabeled", reader, labels=False).size
+        result.samples["unlabeled"] = _unlabeled_rows(profile, reader)
     if student is not None:
         _check_heads(profile, student, teacher)
         result.losses = _resolved_losses(profile, student, teacher)
     return result
+
+
+def _unlabeled_rows(profile: Profile, reader: Adapter) -> int:
+    """data.unlabeled read as pseudo-label reads it: for a causal LM, prompts whose completions are to come."""
+    if profile.task == "causal-lm":
+        return len(read_lm(Path(profile.data.unlabeled), lm_columns(profile), prompts_only=True)[: profile.data.limit])
+    return load_split(profile, "unlabeled", reader, labels=False).size
 
 
 def _teacher_losses(profile: Profile) -> None:
@@ -112,11 +127,11 @@ def _parse_only(profile: Profile, classes: LabelMap | None, result: Preflight) -
     """No model to read the data with yet (check before init-student, without a teacher): parse every file
     and map its labels, without tokenizing."""
     d = profile.data
-    for which in ("train", "eval", "unlabeled"):
+    for which in ("train", "eval", "unlabeled", "transfer"):
         source = getattr(d, which)
         if source is None:
             continue
-        labelled = which != "unlabeled" and classes is not None
+        labelled = which in ("train", "eval") and classes is not None
         if profile.task == "image-classification":
             images = data.read_images(source, image_size=d.image_size or 32)
             if labelled and images.labels is not None:

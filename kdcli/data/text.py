@@ -115,6 +115,11 @@ def _read_utf8(path: Path) -> str:
     raw = path.read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):  # a BOM would glue itself onto the first column name
         raw = raw[3:]
+    utf16 = _utf16_name(raw)
+    if utf16:
+        raise DataError(f"{path}: {utf16.upper()} text (it starts with a byte-order mark), not UTF-8",
+                        hint=f"convert the file to UTF-8: iconv -f {utf16} -t utf-8 {path.name} > "
+                             f"{path.stem}.utf8{path.suffix}")
     try:
         content = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -125,6 +130,11 @@ def _read_utf8(path: Path) -> str:
     if not content.strip():
         raise DataError(f"{path}: the file is empty", hint="fill it with examples or point at another file")
     return content
+
+
+def _utf16_name(raw: bytes) -> str | None:
+    """iconv's name for UTF-16 text that says so with its byte-order mark (Windows' "Unicode" export)."""
+    return "utf-16le" if raw.startswith(b"\xff\xfe") else "utf-16be" if raw.startswith(b"\xfe\xff") else None
 
 
 def _column(path: Path, name: str, available: Sequence[str], where: str = "") -> None:

@@ -1,4 +1,4 @@
-"""Response-based losses: match the teacher's outputs (logits), or the labels."""
+"""Response-based losses: match the teacher's outputs (logits, the sentence embedding), or the labels."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import Tensor
 from kdcli.errors import BadInput
 from kdcli.losses import functional as KF
 from kdcli.losses.base import DistillLoss
-from kdcli.losses.specs import CeSpec, DkdSpec, HintonSpec, MlmSpec
+from kdcli.losses.specs import CeSpec, DkdSpec, EmbeddingCosineSpec, HintonSpec, MlmSpec
 from kdcli.losses.token import teacher_side, token_mask
 from kdcli.models.base import Outputs
 
@@ -49,6 +49,15 @@ class Dkd(DistillLoss, spec=DkdSpec):
     def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> Tensor:
         s = self.spec
         return KF.dkd(student.logits, teacher.logits, _labels(batch, self.kind), s.alpha, s.beta, s.temperature)
+
+
+class EmbeddingCosine(DistillLoss, spec=EmbeddingCosineSpec):
+    """Mean over the batch of 1 − cos(student embedding, teacher embedding): the pooled (and, with a
+    sentence-transformers pipeline, normalised) vector the model serves, as sentence-transformers' own
+    distillation recipe matches it. YAML: `- {kind: embedding_cosine, weight: 1.0}`"""
+
+    def forward(self, student: Outputs, teacher: Outputs | None, batch: dict[str, Tensor]) -> Tensor:
+        return KF.cosine_embedding(student.embedding, teacher.embedding)
 
 
 class MaskedLM(DistillLoss, spec=MlmSpec):

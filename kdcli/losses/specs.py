@@ -171,6 +171,13 @@ class SimilaritySpec(LossSpecBase):
     student_needs = teacher_needs = frozenset({"embedding"})
 
 
+class EmbeddingCosineSpec(LossSpecBase):
+    """The pooled (sentence) embedding's direction: what an embedding model is scored on."""
+
+    kind: Literal["embedding_cosine"]
+    student_needs = teacher_needs = frozenset({"embedding"})
+
+
 class MlmSpec(LossSpecBase):
     """Masked-LM cross entropy on randomly masked inputs."""
 

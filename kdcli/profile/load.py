@@ -48,7 +48,11 @@ def load_profile(path: str | Path, overrides: list[str] | None = None) -> Profil
         raise ProfileError(describe_errors(exc, path, root, raw, overridden)) from None
     # Paths in the file are relative to the file; paths given on the command line (--set) to the shell's folder.
     from_cli = {keys for keys in PATH_FIELDS if _lookup(raw, keys) != _lookup(written, keys)}
-    return _resolve_paths(profile, path.resolve().parent, path, from_cli)
+    resolved = _resolve_paths(profile, path.resolve().parent, path, from_cli)
+    if resolved.output.is_file():
+        raise ProfileError(f"output: {resolved.output} is a file, not a folder",
+                           hint="point `output` at a folder (kdcli creates it) or a new name")
+    return resolved
 
 
 def apply_override(raw: dict, item: str) -> None:

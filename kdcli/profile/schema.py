@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from kdcli.losses.specs import LOSS_SPECS, CeSpec, LossSpecBase, Strict
 
@@ -51,6 +51,15 @@ class StudentInit(Strict):
     num_classes: int | None = Field(None, ge=1, le=CLASSES_MAX, description="timm student built without a teacher")
     model_args: dict[str, Any] = Field({}, description="extra timm create_model arguments (drop_path_rate, ...)")
     copy_weights: bool = Field(True, description="timm arch: copy teacher tensors whose name and shape match")
+
+
+    @model_validator(mode="after")
+    def _pooler_only_with_distilbert(self) -> StudentInit:
+        # transformers re-creates a missing pooler at random when a same-architecture model loads
+        if "pooler" in self.drop and self.architecture != "distilbert":
+            raise ValueError("drop: [pooler] needs architecture: distilbert (a same-architecture student keeps its "
+                             "pooler: transformers would re-create a dropped one at random when it loads)")
+        return self
 
 
 class StudentSpec(Strict):
