@@ -234,3 +234,14 @@ def test_check_probes_a_causal_profile_and_names_a_vocabulary_mismatch(tmp_path,
     spec["student"] = {"path": str(other)}
     code, message = cli("check", str(write_profile(spec)))
     assert code == 2 and "vocabularies differ" in message
+
+
+def test_check_accepts_prompt_only_unlabeled_rows_as_pseudo_label_does(tiny_lms, lm_data, write_profile) -> None:
+    prompts = lm_data["train"].parent / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"tell me about {w}"}) + "\n" for w in ("cats", "dogs")))
+    spec = lm_profile(tiny_lms["llama"], lm_data["train"])
+    spec["student"] = {"path": str(tiny_lms["llama"])}
+    spec["data"]["unlabeled"] = str(prompts)
+    code, report = cli("check", str(write_profile(spec)), "--json")
+    assert code == 0, report
+    assert report["samples"]["unlabeled"] == 2
