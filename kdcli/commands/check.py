@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from kdcli.commands.preflight import preflight
-from kdcli.losses.layermap import select_layers
 from kdcli.models import Adapter
+from kdcli.models.layers import select_layers
 from kdcli.profile import Profile, profile_json
 
 
@@ -48,10 +48,10 @@ def check_profile(profile: Profile) -> CheckReport:
     teacher, student = found.teacher, found.student
     if teacher is not None:
         report.teacher = _probe(teacher)
-        if profile.student.init.architecture == "same" and teacher.family == "transformers":
-            report.init_layers = select_layers(profile.student.init.layers, teacher.depth)
+        if profile.student.init.architecture == "same" and teacher.cut_depth is not None:
+            report.init_layers = select_layers(profile.student.init.layers, teacher.cut_depth)
     if student is not None:
-        if profile.task == "causal-lm" and teacher is not None:  # next-token logits: the same vocabulary
+        if profile.task.causal and teacher is not None:  # next-token logits: the same vocabulary
             from kdcli.models.causal_lm import shared_vocab
             shared_vocab(teacher, student)  # type: ignore[arg-type]
         report.student = _probe(student)
@@ -65,6 +65,6 @@ def _probe(model: Adapter) -> ModelProbe:
     with torch.inference_mode():
         out = model.forward(model.example_batch(2), frozenset({"logits", "embedding"}))
     logits = out.logits if out.logits is not None else out.embedding
-    return ModelProbe(loaded=True, family=model.family, architecture=type(model.module).__name__,
+    return ModelProbe(loaded=True, family=model.family, architecture=model.architecture,
                       layers=model.depth, params=model.param_count(),
                       output_shape=list(logits.shape) if logits is not None else None)

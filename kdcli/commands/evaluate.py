@@ -19,12 +19,13 @@ from kdcli.card import read_facts, update_card
 from kdcli.data.labels import LabelMap, job_labels
 from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, GateFailed
-from kdcli.metrics import Forward, agreement, collect, outputs_of, primary_metric, task_metrics
+from kdcli.metrics import Forward, agreement, collect, outputs_of, task_metrics
 from kdcli.models import Adapter, dir_size, load_student, load_teacher, mean_pool
 from kdcli.profile import Profile
 from kdcli.run import Run
 from kdcli.runtime.distributed import Session, session
 from kdcli.runtime.files import atomic_write_json, check_writable
+from kdcli.tasks import Task, task_named
 
 OnBatch = Callable[[str, int, int], None]  # (model, batches done, batches in all)
 
@@ -57,7 +58,7 @@ class EvalReport:
     """eval.json: the judged model beside its teacher (teacher fields None without one)."""
 
     model: str
-    task: str
+    task: str          # the task's name
     samples: int
     metrics: dict[str, float]
     teacher_metrics: dict[str, float] = field(default_factory=dict)
@@ -69,7 +70,7 @@ class EvalReport:
     gates: list[GateResult] = field(default_factory=list)
 
     def primary(self) -> tuple[str, float | None]:
-        return primary_metric(self.task, self.metrics, self.agreement)
+        return task_named(self.task).primary_metric(self.metrics, self.agreement)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,11 +87,11 @@ def evaluate(profile: Profile, model: str = "student", output: Path | None = Non
         if teacher is not None:
             teacher.to(where.device)
         candidate = _candidate(profile, model, teacher, where.device)
-        if candidate.adapter is not None and getattr(candidate.adapter, "pipeline", 1) is None:
-            candidate.adapter.pipeline = getattr(teacher, "pipeline", None)  # type: ignore[attr-defined]
+        if candidate.adapter is not None and candidate.adapter.pipeline is None and teacher is not None:
+            candidate.adapter.pipeline = teacher.pipeline  # a student saved without it embeds as the teacher does
         reader = teacher or candidate.adapter or load_student(profile, classes=candidate.classes)
         split = _eval_split(profile, reader, candidate.classes)
-        if profile.task == "causal-lm":
+        if profile.task.streamed:
             report = _evaluate_lm(profile, split, candidate.forward, teacher, where)
         else:
             report = _evaluate_outputs(profile, split, candidate.forward, teacher, where, on_batch)
@@ -118,7 +119,7 @@ def _evaluate_outputs(profile: Profile, split: Split, forward: Forward, teacher:
     """Whole-output tasks: each model over the split, then task metrics and agreement on the collected outputs."""
     batch_size = profile.train.batch_size
     s_out, labels, s_rate = _timed(forward, split, batch_size, where, _follow(on_batch, "student"))
-    report = EvalReport(model="", task=profile.task, samples=split.size, metrics=task_metrics(s_out, labels),
+    report = EvalReport(model="", task=profile.task.name, samples=split.size, metrics=task_metrics(s_out, labels),
                         params={"student": None, "teacher": None}, size_bytes={"student": None, "teacher": None},
                         samples_per_s={"student": s_rate, "teacher": None})
     if teacher is not None:
@@ -129,7 +130,7 @@ def _evaluate_outputs(profile: Profile, split: Split, forward: Forward, teacher:
         report.params["teacher"] = teacher.param_count()
         report.size_bytes["teacher"] = dir_size(teacher.path) if teacher.path else None
         report.samples_per_s["teacher"] = t_rate
-        report.retention = _retention(report)
+        report.retention = profile.task.retention_of(report.metrics, report.teacher_metrics, report.agreement)
     return report
 
 
@@ -137,12 +138,12 @@ def _evaluate_lm(profile: Profile, split: Split, forward: Forward, teacher: Adap
                  ) -> EvalReport:
     """Perplexity (token-weighted), next-token top-1 agreement and mean KL. The models run interleaved, batch
     by batch, so speed is export's to measure (prefill tokens/s in latency.json)."""
-    from kdcli.lm_metrics import evaluate_lm, lm_retention
+    from kdcli.lm_metrics import evaluate_lm
     t_forward = outputs_of(teacher, profile.task) if teacher is not None else None
     lm = evaluate_lm(forward, t_forward, split, profile.train.batch_size, where.device, where.world)
-    return EvalReport(model="", task=profile.task, samples=split.size, metrics=lm.student,
+    return EvalReport(model="", task=profile.task.name, samples=split.size, metrics=lm.student,
                       teacher_metrics=lm.teacher, agreement=lm.agreement,
-                      retention=lm_retention(lm.student, lm.teacher),
+                      retention=profile.task.retention_of(lm.student, lm.teacher, lm.agreement),
                       params={"student": None, "teacher": teacher.param_count() if teacher else None},
                       size_bytes={"student": None, "teacher": dir_size(teacher.path) if teacher else None},
                       samples_per_s={"student": None, "teacher": None})
@@ -171,19 +172,10 @@ def check_gates(report: EvalReport) -> None:
     raise GateFailed(prefix + "; ".join(gate.failure() for gate in failed), hint=hint)
 
 
-def _retention(report: EvalReport) -> float | None:
-    """Student metric / teacher metric; for embeddings, the cosine to the teacher (the teacher's is 1).
-    Causal LMs: teacher perplexity / student perplexity (kdcli/lm_metrics.py)."""
-    if report.task == "embedding":
-        return report.agreement.get("cosine_to_teacher")
-    s, t = report.metrics.get("accuracy"), report.teacher_metrics.get("accuracy")
-    return s / t if s is not None and t else None
-
-
 def _eval_split(profile: Profile, reader: Adapter, classes: LabelMap | None) -> Split:
     if not profile.data.eval:
         raise BadInput("evaluate needs data.eval in the profile", hint="add data.eval: PATH")
-    return load_split(profile, "eval", reader, labels=profile.task != "masked-lm", classes=classes)
+    return load_split(profile, "eval", reader, labels=profile.task.has_classes, classes=classes)
 
 
 @dataclass
@@ -225,20 +217,21 @@ def _candidate(profile: Profile, which: str, teacher: Adapter | None, device: to
                      student)
 
 
-def onnx_forward(path: Path, task: str) -> Forward:
+def onnx_forward(path: Path, task: Task) -> Forward:
     """Run an exported model in onnxruntime with the same batch dicts PyTorch gets."""
     import onnxruntime as ort
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
 
-    if task == "embedding" and "sentence_embedding" in outputs:
+    embedding = task.output == "embedding"
+    if embedding and "sentence_embedding" in outputs:
         outputs = ["sentence_embedding"]  # pooled (and normalized) as the model's pipeline does
 
     def run(batch: dict[str, Tensor]) -> Tensor:
         feed = {name: batch[name].cpu().numpy() for name in names}
         result = torch.from_numpy(np.asarray(session.run(outputs[:1], feed)[0]))
-        if task == "embedding" and result.dim() == 3:
+        if embedding and result.dim() == 3:
             mask = batch.get("attention_mask")
             return mean_pool(result, mask.cpu() if mask is not None else None)
         return result

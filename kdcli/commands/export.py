@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,8 @@ from kdcli.card import read_facts, update_card
 from kdcli.data.labels import LabelMap, job_labels
 from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, GateFailed
-from kdcli.models import Adapter, dir_size, load_student, load_teacher
+from kdcli.models import Adapter, dir_size, load_student, load_teacher, load_tokenizer, read_pipeline
 from kdcli.models.base import Exportable
-from kdcli.models.hf import HFAdapter
-from kdcli.models.timm import TimmAdapter
 from kdcli.onnx.export import export_onnx, read_metadata, set_metadata
 from kdcli.onnx.latency import INT8, LatencyReport, latency_report, latency_rows
 from kdcli.onnx.parity import ParityReport, check_parity, default_atol
@@ -35,6 +32,7 @@ from kdcli.onnx.report import plot_png, render_markdown
 from kdcli.profile import Profile
 from kdcli.run import Run
 from kdcli.runtime.files import atomic_write_json, atomic_write_text, check_writable
+from kdcli.tasks import Task
 
 
 @dataclass
@@ -117,9 +115,9 @@ def export_profile(profile: Profile, student_dir: Path | None = None, output: Pa
     check_writable(out)  # before the export and the latency runs, not after them
     classes = job_labels(profile, student_dir)
     student = load_student(profile, student_dir, classes=classes)
-    if getattr(student, "pipeline", 1) is None and profile.teacher is not None and profile.task == "embedding":
-        from kdcli.models.st import read_pipeline  # a student saved without the teacher's pipeline gets it here
-        student.pipeline = read_pipeline(Path(profile.teacher.path))  # type: ignore[attr-defined]
+    teacher_folder = _teacher_folder(profile)  # where a student saved without its pipeline or tokenizer finds it
+    if student.pipeline is None and profile.task.output == "embedding" and teacher_folder:
+        student.pipeline = read_pipeline(teacher_folder)
     student.module.eval()
     view = student.exportable()
     batches = _parity_batches(profile, student)
@@ -131,7 +129,9 @@ def export_profile(profile: Profile, student_dir: Path | None = None, output: Pa
                             output_names=view.output_names, dynamic_axes=view.dynamic_axes,
                             opset=profile.export.opset)
     set_metadata(onnx_path, onnx_metadata(profile.task, classes))
-    write_serving_files(out, profile, student, classes)
+    if student.tokenizer is None and profile.task.data != "image" and teacher_folder:
+        student.tokenizer = load_tokenizer(teacher_folder)
+    student.write_serving_files(out, classes.names if classes is not None else None, profile.data.image_size)
     say("checking parity in onnxruntime")
     parity = _parity(view, onnx_path, batches, tolerance)
     atomic_write_json(out / "parity.json", parity.to_json())
@@ -163,64 +163,18 @@ def _card_facts(result: ExportResult) -> dict[str, Any]:
     return facts
 
 
-def onnx_metadata(task: str, classes: LabelMap | None) -> dict[str, str]:
+def _teacher_folder(profile: Profile) -> Path | None:
+    """The teacher's folder (None without one, or for a timm weights file)."""
+    folder = Path(profile.teacher.path) if profile.teacher is not None else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
+def onnx_metadata(task: Task, classes: LabelMap | None) -> dict[str, str]:
     """What the ONNX file says about itself: the task, and the class name of each output index."""
-    meta = {"task": task, "producer": f"kdcli {kdcli.__version__}"}
+    meta = {"task": task.name, "producer": f"kdcli {kdcli.__version__}"}
     if classes is not None:
         meta["id2label"] = json.dumps({str(i): name for i, name in enumerate(classes.names)})
     return meta
-
-
-def write_serving_files(out: Path, profile: Profile, student: Adapter, classes: LabelMap | None) -> None:
-    """What a server needs beside model.onnx, without kdcli, in the layout optimum's ORTModel classes load:
-    config.json with the job's class names (id2label/label2id), and the tokenizer files, or for images
-    preprocessor_config.json (the input size, mean, std and interpolation kdcli trained and measured with)."""
-    if isinstance(student, HFAdapter):
-        atomic_write_text(out / "config.json", student.config.to_json_string())
-        tokenizer = student.tokenizer or _teacher_tokenizer(profile)
-        if tokenizer is None:
-            raise BadInput(f"{student.path}: no tokenizer beside the student (nor the teacher): the export folder "
-                           "could not turn text into model inputs", hint="save the tokenizer into the student folder")
-        _save_tokenizer(tokenizer, out)
-        return
-    assert isinstance(student, TimmAdapter)
-    source = Path(student.path) / "config.json" if student.path else None
-    config = json.loads(source.read_text(encoding="utf-8")) if source and source.is_file() else {
-        "architecture": student.arch, "num_classes": student.num_labels, "model_args": student.model_args}
-    data = student.data_config
-    channels, size = int(data["input_size"][0]), int(profile.data.image_size or student.image_size)
-    # kdcli resizes the whole image to size x size (bilinear, aspect ratio not kept: timm's "squash"), scales it
-    # to [0, 1] and normalizes. transformers' TimmWrapper (AutoConfig, AutoImageProcessor) and timm's own
-    # create_transform read this pretrained_cfg and preprocess alike.
-    pretrained = {**(config.get("pretrained_cfg") or {}), "input_size": [channels, size, size],
-                  "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash", "mean": list(data["mean"]),
-                  "std": list(data["std"])}
-    pretrained.pop("test_input_size", None)
-    pretrained.pop("test_crop_pct", None)
-    config["pretrained_cfg"] = pretrained
-    if classes is not None:
-        config.update(label_names=list(classes.names), id2label={str(i): n for i, n in enumerate(classes.names)},
-                      label2id=classes.label2id)
-    atomic_write_json(out / "config.json", config)
-    atomic_write_json(out / "preprocessor_config.json", {
-        "image_processor_type": "TimmWrapperImageProcessor", "architecture": student.arch,
-        "pretrained_cfg": pretrained})
-
-
-def _teacher_tokenizer(profile: Profile) -> Any:
-    if profile.teacher is None or not Path(profile.teacher.path).is_dir():
-        return None
-    from kdcli.models.hf import _load_tokenizer
-    return _load_tokenizer(Path(profile.teacher.path))
-
-
-def _save_tokenizer(tokenizer: Any, out: Path) -> None:
-    """The tokenizer's files into `out`, each one replaced atomically."""
-    with tempfile.TemporaryDirectory(dir=out, prefix=".tokenizer-") as tmp:
-        tokenizer.save_pretrained(tmp)
-        for file in Path(tmp).iterdir():
-            if file.is_file():
-                os.replace(file, out / file.name)
 
 
 def parity_gate(parity: ParityReport) -> None:
@@ -278,8 +232,7 @@ def _int8(profile: Profile, student: Adapter, classes: LabelMap | None, view: Ex
                         agreement={}, max_abs_diff=diffs, max_drop=max_drop)
     which = "eval" if profile.data.eval else "train" if profile.data.train else None
     if which is not None:
-        labels = profile.task in ("sequence-classification", "image-classification")
-        split = load_split(profile, which, student, labels=labels, classes=classes)
+        split = load_split(profile, which, student, labels=profile.task.has_classes, classes=classes)
         _score_int8(profile, split, onnx_path, quantized, result)
     atomic_write_json(out / "int8.json", result.to_json())
     return result
@@ -289,23 +242,23 @@ def _score_int8(profile: Profile, split: Split, fp32_path: Path, int8_path: Path
     from kdcli.commands.evaluate import onnx_forward
     from kdcli.metrics import collect, task_metrics
 
-    cpu, size = torch.device("cpu"), profile.train.batch_size
-    fp32, labels = collect(onnx_forward(fp32_path, profile.task), split, size, cpu)
-    int8, _ = collect(onnx_forward(int8_path, profile.task), split, size, cpu)
+    cpu, size, task = torch.device("cpu"), profile.train.batch_size, profile.task
+    fp32, labels = collect(onnx_forward(fp32_path, task), split, size, cpu)
+    int8, _ = collect(onnx_forward(int8_path, task), split, size, cpu)
     result.samples = split.size
-    embedding = profile.task == "embedding"
+    embedding = task.output == "embedding"
     if embedding:
         result.agreement = {"cosine": torch.nn.functional.cosine_similarity(int8, fp32, dim=-1).mean().item()}
     else:
         result.agreement = {"top1": (int8.argmax(-1) == fp32.argmax(-1)).float().mean().item()}
-    if labels is not None and not embedding and profile.task != "masked-lm":
+    if labels is not None and task.has_classes:
         result.metric = "accuracy"
         result.fp32, result.int8 = task_metrics(fp32, labels)["accuracy"], task_metrics(int8, labels)["accuracy"]
         return
     teacher = load_teacher(profile) if embedding and profile.teacher is not None else None
     if teacher is not None:
         from kdcli.metrics import outputs_of
-        target, _ = collect(outputs_of(teacher, profile.task), split, size, cpu)
+        target, _ = collect(outputs_of(teacher, task), split, size, cpu)
         result.metric = "cosine_to_teacher"
         result.fp32 = torch.nn.functional.cosine_similarity(fp32, target, dim=-1).mean().item()
         result.int8 = torch.nn.functional.cosine_similarity(int8, target, dim=-1).mean().item()

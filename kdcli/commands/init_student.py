@@ -11,9 +11,7 @@ from kdcli.card import student_facts, update_card
 from kdcli.data.labels import LabelMap, job_labels
 from kdcli.errors import BadInput
 from kdcli.models import Adapter, dir_size, load_teacher
-from kdcli.models.causal_lm import shrink_decoder
-from kdcli.models.hf import HFAdapter
-from kdcli.models.shrink import shrink_timm, shrink_transformer
+from kdcli.models.derive import derive_student
 from kdcli.models.timm import TimmAdapter, create
 from kdcli.profile import Profile
 from kdcli.runtime.files import check_writable
@@ -44,13 +42,7 @@ def init_student(profile: Profile, on_event: Callable[[str], None] | None = None
     teacher = load_teacher(profile)
     assert teacher is not None
     say("init-student: copying the kept weights")
-    if isinstance(teacher, HFAdapter) and profile.task == "causal-lm":
-        student, layers, copied = shrink_decoder(teacher, init)
-    elif isinstance(teacher, HFAdapter):
-        student, layers, copied = shrink_transformer(teacher, init, profile.task)
-        student.pipeline = teacher.pipeline  # a sentence-transformers teacher's modules, over the student's weights
-    else:
-        student, layers, copied = shrink_timm(teacher, init)
+    student, layers, copied = derive_student(teacher, init)
     classes = job_labels(profile, head=teacher.num_labels)
     _name_classes(student, classes)
     say(f"init-student: saving the student to {out}")
@@ -68,7 +60,7 @@ def init_student(profile: Profile, on_event: Callable[[str], None] | None = None
 def _fresh_student(profile: Profile) -> InitReport:
     """No teacher: a timm architecture with timm's initialisation (a first teacher, or a baseline)."""
     init = profile.student.init
-    if init.architecture in ("same", "distilbert") or profile.task != "image-classification":
+    if init.architecture in ("same", "distilbert") or profile.task.data != "image":
         raise BadInput("init-student needs a teacher (`teacher:`), or a timm architecture to build from scratch",
                        hint="set student.init.architecture: resnet18 and student.init.num_classes")
     # The job's classes size the head when init.num_classes does not: data.classes, else the training data's.
@@ -86,7 +78,7 @@ def _fresh_student(profile: Profile) -> InitReport:
 
 
 def _describe(adapter: Adapter, path: Path | None) -> dict[str, Any]:
-    return {"family": adapter.family, "architecture": type(adapter.module).__name__, "layers": adapter.depth,
+    return {"family": adapter.family, "architecture": adapter.architecture, "layers": adapter.depth,
             "params": adapter.param_count(), "size_bytes": dir_size(path) if path else None,
             "path": str(path) if path else None}
 
@@ -98,10 +90,5 @@ def _named(profile: Profile) -> bool:
 
 def _name_classes(student: Adapter, classes: LabelMap | None) -> None:
     """The job's class names on the new student (saved with it), when its head has one output per class."""
-    if classes is None or student.num_labels != len(classes):
-        return
-    if isinstance(student, TimmAdapter):
+    if classes is not None and student.num_labels == len(classes):
         student.set_classes(classes.names)
-    elif isinstance(student, HFAdapter):
-        student.config.id2label = classes.id2label
-        student.config.label2id = classes.label2id

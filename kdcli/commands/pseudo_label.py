@@ -43,9 +43,9 @@ class PseudoLabelResult:
 def pseudo_label(profile: Profile, input_path: Path | None = None, output: Path | None = None,
                  on_batch: Callable[[int, int], None] | None = None) -> PseudoLabelResult:
     """Label `data.unlabeled` (or input_path) with the teacher; write labels.jsonl."""
-    if profile.task == "causal-lm":
+    if profile.task.pseudo == "completions":
         return _pseudo_lm(profile, input_path, output, on_batch)
-    if profile.task not in ("sequence-classification", "image-classification"):
+    if profile.task.pseudo != "classes":
         raise BadInput(f"pseudo-label needs a classification task; this profile's task is {profile.task}")
     if profile.teacher is None:
         raise BadInput("pseudo-label needs a teacher: the profile has no `teacher:` section")

@@ -24,6 +24,12 @@ def load_model(source: str, path: Path, task: str, *, arch: str | None = None, n
     return load_hf(Path(path), task, num_classes, allow_new_head=allow_new_head, classes=classes)
 
 
+def load_tokenizer(path: Path) -> object | None:
+    """The tokenizer saved in a transformers folder (None without its files)."""
+    from kdcli.models.hf import load_tokenizer as from_folder
+    return from_folder(Path(path))
+
+
 def detect_source(path: Path) -> str:
     """transformers or timm, from what a saved folder holds."""
     config = Path(path) / "config.json"

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from pydantic import BeforeValidator, Field, field_validator
 
 from kdcli.losses.specs import LOSS_SPECS, CeSpec, LossSpecBase, Strict
+from kdcli.tasks import Task
 
 COUNT_MAX = 2**31 - 1  # counts beyond this overflow the C ints they reach (torch, tokenizers)
 CLASSES_MAX = 1_000_000
@@ -185,7 +186,8 @@ class PseudoSpec(Strict):
 
 class Profile(Strict):
     name: str = Field(min_length=1, max_length=200)
-    task: Literal["sequence-classification", "image-classification", "masked-lm", "embedding", "causal-lm"]
+    task: Task = Field(description="a declared task (kdcli/tasks): sequence-classification | image-classification | "
+                                   "masked-lm | embedding | causal-lm")
     teacher: TeacherSpec | None = None
     student: StudentSpec
     data: DataSpec = DataSpec()

@@ -1,0 +1,21 @@
+"""init-student's student from its teacher, whatever library the teacher comes from."""
+
+from __future__ import annotations
+
+from kdcli.models.base import Adapter
+from kdcli.models.causal_lm import shrink_decoder
+from kdcli.models.hf import HFAdapter
+from kdcli.models.shrink import shrink_timm, shrink_transformer
+from kdcli.profile import StudentInit
+
+
+def derive_student(teacher: Adapter, init: StudentInit) -> tuple[Adapter, list[int], int]:
+    """(student, the teacher layers it kept, tensors copied): a decoder or an encoder cut to its kept layers,
+    or a timm student (the same architecture cut, or another one seeded where names and shapes match)."""
+    if isinstance(teacher, HFAdapter) and teacher.task.causal:
+        return shrink_decoder(teacher, init)
+    if isinstance(teacher, HFAdapter):
+        student, layers, copied = shrink_transformer(teacher, init, teacher.task)
+        student.pipeline = teacher.pipeline  # a sentence-transformers teacher's modules, over the student's weights
+        return student, layers, copied
+    return shrink_timm(teacher, init)  # type: ignore[arg-type]
