@@ -16,11 +16,12 @@ import torch
 from torch import Tensor
 
 from kdcli.card import read_facts, update_card
+from kdcli.commands.checkpoints import load_student, load_teacher
 from kdcli.data.labels import LabelMap, job_labels
 from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, GateFailed
 from kdcli.metrics import Forward, agreement, collect, outputs_of, task_metrics
-from kdcli.models import Adapter, dir_size, load_student, load_teacher, mean_pool
+from kdcli.models import Adapter, dir_size, mean_pool
 from kdcli.profile import Profile
 from kdcli.run import Run
 from kdcli.runtime.distributed import Session, session

@@ -19,10 +19,11 @@ from torch import Tensor
 
 import kdcli
 from kdcli.card import read_facts, update_card
+from kdcli.commands.checkpoints import load_student, load_teacher
 from kdcli.data.labels import LabelMap, job_labels
 from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, GateFailed
-from kdcli.models import Adapter, dir_size, load_student, load_teacher, load_tokenizer, read_pipeline
+from kdcli.models import Adapter, dir_size, load_tokenizer, read_pipeline
 from kdcli.models.base import Exportable
 from kdcli.onnx.export import export_onnx, read_metadata, set_metadata
 from kdcli.onnx.latency import INT8, LatencyReport, latency_report, latency_rows

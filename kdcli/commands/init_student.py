@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from kdcli.card import student_facts, update_card
+from kdcli.commands.checkpoints import load_teacher
 from kdcli.data.labels import LabelMap, job_labels
 from kdcli.errors import BadInput
-from kdcli.models import Adapter, dir_size, load_teacher
+from kdcli.models import Adapter, dir_size
 from kdcli.models.derive import derive_student
 from kdcli.models.timm import TimmAdapter, create
 from kdcli.profile import Profile

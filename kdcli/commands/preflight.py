@@ -16,11 +16,12 @@ import torch
 from torch import Tensor
 
 from kdcli import data
+from kdcli.commands.checkpoints import load_student, load_teacher
 from kdcli.data.labels import LabelMap, job_labels
 from kdcli.data.pseudo import pseudo_split
 from kdcli.data.splits import Split, load_split, map_image_labels, train_and_eval
 from kdcli.errors import BadInput, DataError
-from kdcli.models import Adapter, load_student, load_teacher
+from kdcli.models import Adapter
 from kdcli.profile import Profile
 
 

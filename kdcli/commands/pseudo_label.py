@@ -17,11 +17,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kdcli.commands.checkpoints import load_teacher
 from kdcli.data.labels import job_labels
 from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, DataError
 from kdcli.metrics import collect
-from kdcli.models import load_teacher
 from kdcli.profile import Profile, PseudoSpec
 from kdcli.run import Run
 from kdcli.runtime.distributed import Session, session, shard

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import re
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedModel
@@ -16,7 +17,9 @@ from kdcli.errors import BadInput, CheckpointError
 from kdcli.models.hf import HFAdapter
 from kdcli.models.layers import select_layers
 from kdcli.models.shrink import renumber_layers
-from kdcli.profile import StudentInit
+
+if TYPE_CHECKING:
+    from kdcli.profile import StudentInit  # models/ imports no profile/ at run time
 
 DECODER_LAYER_KEY = re.compile(r"(model\.layers|transformer\.h)\.(\d+)\.")
 # Config fields holding one entry per layer: kept in step with the layers themselves.

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from kdcli.models.base import Adapter
 from kdcli.models.causal_lm import shrink_decoder
 from kdcli.models.hf import HFAdapter
 from kdcli.models.shrink import shrink_timm, shrink_transformer
-from kdcli.profile import StudentInit
+
+if TYPE_CHECKING:
+    from kdcli.profile import StudentInit  # models/ imports no profile/ at run time
 
 
 def derive_student(teacher: Adapter, init: StudentInit) -> tuple[Adapter, list[int], int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from typing import TYPE_CHECKING
 
 import torch
 import transformers
@@ -14,8 +15,10 @@ from kdcli.errors import BadInput
 from kdcli.models.hf import HFAdapter
 from kdcli.models.layers import select_layers
 from kdcli.models.timm import TimmAdapter, create
-from kdcli.profile import StudentInit
 from kdcli.tasks import Task
+
+if TYPE_CHECKING:
+    from kdcli.profile import StudentInit  # models/ imports no profile/ at run time
 
 LAYER_KEY = re.compile(r"(encoder\.layer|blocks)\.(\d+)\.")
 
