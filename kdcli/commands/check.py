@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from rich.console import Console
 
 from kdcli.commands.preflight import preflight
 from kdcli.models import Adapter
@@ -38,6 +39,26 @@ class CheckReport:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def render(self, out: Console, profile: str) -> None:
+        out.print(f"[green]profile ok[/]: {profile}")
+        for role, probe in (("teacher", self.teacher), ("student", self.student)):
+            if probe and probe.loaded:
+                out.print(f"  {role}: {probe.architecture} · {probe.layers} layers · {probe.params:,} params · "
+                          f"output {probe.output_shape}")
+            elif probe:
+                out.print(f"  {role}: {probe.status}")
+        if self.init_layers is not None:
+            out.print(f"  student.init.layers keeps teacher layers {self.init_layers}")
+        for loss in self.losses:
+            out.print(f"  loss {loss['kind']} (weight {loss['weight']})"
+                      + (f": map {{student: teacher}} {loss['map']}" if loss.get("map") else ""))
+        if self.classes:
+            names = self.classes["names"]
+            out.print(f"  classes ({self.classes['source']}): " + ", ".join(names[:12])
+                      + (f" and {len(names) - 12} more" if len(names) > 12 else ""), markup=False, highlight=False)
+        if self.samples:
+            out.print("  data: " + ", ".join(f"{which} {n:,} rows" for which, n in self.samples.items()))
 
 
 def check_profile(profile: Profile) -> CheckReport:

@@ -8,9 +8,11 @@ from typing import Any
 
 import torch
 import yaml
+from rich.console import Console
 
 import kdcli
 from kdcli.commands.preflight import preflight
+from kdcli.console import table
 from kdcli.data.splits import concat, load_split, transfer_split
 from kdcli.errors import BadInput
 from kdcli.metrics import collect, outputs_of
@@ -40,6 +42,13 @@ class DistillResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def render(self, out: Console) -> None:
+        out.print(f"[green]done[/]: student written to {self.student}")
+        if self.eval:  # {"metrics": {accuracy}, "agreement": {top1}} as rows: accuracy, agreement top1
+            rows = {**self.eval.get("metrics", {}),
+                    **{f"agreement {k}": v for k, v in self.eval.get("agreement", {}).items()}}
+            out.print(table("eval (student)", ["metric", "value"], rows.items()))
 
 
 def distill(profile: Profile, *, resume: bool = False, force: bool = False,

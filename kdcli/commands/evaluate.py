@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 from torch import Tensor
 
 from kdcli.card import read_facts, update_card
 from kdcli.commands.checkpoints import load_student, load_teacher
+from kdcli.console import human_bytes, table
 from kdcli.data.labels import LabelMap, job_labels
 from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, GateFailed
@@ -75,6 +77,18 @@ class EvalReport:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def render(self, out: Console) -> None:
+        rows = [[name, self.teacher_metrics.get(name), value] for name, value in self.metrics.items()]
+        rows += [[f"agreement {k}", None, v] for k, v in self.agreement.items()]
+        rows += [["retention", None, self.retention],
+                 ["parameters", self.params["teacher"], self.params["student"]],
+                 ["size", human_bytes(self.size_bytes["teacher"]), human_bytes(self.size_bytes["student"])],
+                 ["samples/s", self.samples_per_s["teacher"], self.samples_per_s["student"]]]
+        out.print(table(f"evaluate: {self.model} on {self.samples} samples", ["", "teacher", "student"], rows))
+        if self.gates:
+            out.print(table("gates", ["gate", "threshold", "value", ""],
+                            [[g.name, g.threshold, g.value, "passed" if g.passed else "FAILED"] for g in self.gates]))
 
 
 def evaluate(profile: Profile, model: str = "student", output: Path | None = None, gates: Gates | None = None,

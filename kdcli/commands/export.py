@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 from torch import Tensor
 
 import kdcli
 from kdcli.card import read_facts, update_card
 from kdcli.commands.checkpoints import load_student, load_teacher
+from kdcli.console import human_bytes, table
 from kdcli.data.labels import LabelMap, job_labels
 from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, GateFailed
@@ -74,6 +76,19 @@ class Int8Result:
             out.update(max_drop=self.max_drop, passed=self.passed)
         return out
 
+    def render(self, out: Console) -> None:
+        if self.metric is not None:
+            gate = "not gated" if self.max_drop is None else f"gate --max-drop {self.max_drop:g}: " + (
+                "ok" if self.passed else "FAILED")
+            out.print(f"int8 vs fp32 on {self.samples} samples: {self.metric} {_num(self.int8)} (fp32 "
+                      f"{_num(self.fp32)}, drop {_num(self.drop)}; {gate})", highlight=False, markup=False,
+                      soft_wrap=True)
+        diffs = ", ".join(f"{name} {'inf' if d is None else format(d, '.3g')}" for name, d in self.max_abs_diff.items())
+        agreement = ", ".join(f"{k} {v:.4f}" for k, v in self.agreement.items())
+        out.print(f"int8: {self.onnx} ({human_bytes(self.size_bytes)})" + (f", agreement with fp32: {agreement}"
+                  if agreement else "") + f", max abs diff to PyTorch: {diffs} (see int8.json)",
+                  highlight=False, markup=False, soft_wrap=True)
+
 
 @dataclass
 class ExportResult:
@@ -95,6 +110,29 @@ class ExportResult:
         if self.latency is not None:
             out["latency"] = dict(self.latency)
         return out
+
+    def render(self, out: Console) -> None:
+        diffs = self.parity.diffs()
+        rows = [[name, diffs[name], "ok" if o["ok"] else "FAIL"] for name, o in self.parity.outputs.items()]
+        out.print(table(f"parity (atol {self.parity.atol:g}, {len(self.parity.shapes)} shapes)",
+                        ["output", "max abs diff", ""], rows))
+        if self.int8 is not None:
+            self.int8.render(out)
+        if self.latency is not None:
+            _render_latency(self.latency, out)
+        out.print(f"written to {self.output_dir}")
+
+
+def _render_latency(report: LatencyReport, out: Console) -> None:
+    rows = [[r["model"], r["runtime"], r["batch_size"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["samples_per_s"]]
+            for r in report["rows"]]
+    out.print(table(f"latency ({report['threads']} threads)", ["model", "runtime", "batch", "p50 ms", "p90 ms",
+                                                                "p99 ms", "samples/s"], rows))
+    for key, who in (("speedup", "student"), ("speedup_int8", "int8 student")):
+        for runtime, by_batch in report.get(key, {}).items():
+            if by_batch:
+                out.print(f"{who} speed-up over teacher, {runtime}: "
+                          + ", ".join(f"batch {b}: {x:.2f}x" for b, x in by_batch.items()))
 
 
 def export_profile(profile: Profile, student_dir: Path | None = None, output: Path | None = None,
@@ -279,8 +317,9 @@ def _latency(profile: Profile, student: Adapter, batch: dict[str, Tensor], onnx_
         models[INT8] = (None, int8_path)
         sizes[INT8] = dir_size(int8_path)
     teacher = load_teacher(profile) if profile.teacher is not None else None
-    if teacher is not None and teacher.family == student.family:
-        t_view = teacher.exportable()  # apart from the student's folder, which serves on its own
+    t_view = teacher.exportable() if teacher is not None else None
+    if teacher is not None and t_view is not None and t_view.input_names == view.input_names:  # the same batches
+        # exported apart from the student's folder, which serves on its own
         t_onnx = export_onnx(t_view.module, _ordered(batch, t_view.input_names), teacher_export(out) / "model.onnx",
                              output_names=t_view.output_names, dynamic_axes=t_view.dynamic_axes,
                              opset=profile.export.opset)

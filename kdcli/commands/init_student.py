@@ -7,8 +7,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from kdcli.card import student_facts, update_card
 from kdcli.commands.checkpoints import load_teacher
+from kdcli.console import human_bytes, table
 from kdcli.data.labels import LabelMap, job_labels
 from kdcli.errors import BadInput
 from kdcli.models import Adapter, dir_size
@@ -29,6 +32,16 @@ class InitReport:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def render(self, out: Console) -> None:
+        t, s = self.teacher, self.student
+        rows = [[field, t.get(key), s.get(key)] for field, key in
+                (("architecture", "architecture"), ("layers", "layers"), ("parameters", "params"))]
+        rows.append(["size on disk", human_bytes(t.get("size_bytes")), human_bytes(s.get("size_bytes"))])
+        out.print(table("init-student", ["", "teacher", "student"], rows))
+        if self.layer_map:
+            out.print("student layer ← teacher layer: " + ", ".join(f"{i}←{t_}" for i, t_ in enumerate(self.layer_map)))
+        out.print(f"student written to {self.output_dir} ({self.copied_tensors} tensors copied)")
 
 
 def init_student(profile: Profile, on_event: Callable[[str], None] | None = None) -> InitReport:

@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 
 from kdcli.commands.checkpoints import load_teacher
+from kdcli.console import table
 from kdcli.data.labels import job_labels
 from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, DataError
@@ -38,6 +40,12 @@ class PseudoLabelResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def render(self, out: Console) -> None:
+        rows = [[name, c["labelled"], c["kept"], c["dropped"], c["in_output"]] for name, c in self.summary.items()]
+        out.print(table(f"pseudo-label: {self.kept} records of {self.total} samples",
+                        ["class", "labelled", "kept", "dropped", "records"], rows))
+        out.print(f"written to {self.output}")
 
 
 def pseudo_label(profile: Profile, input_path: Path | None = None, output: Path | None = None,
