@@ -279,31 +279,15 @@ def _int8(profile: Profile, student: Adapter, classes: LabelMap | None, view: Ex
 
 def _score_int8(profile: Profile, split: Split, fp32_path: Path, int8_path: Path, result: Int8Result) -> None:
     from kdcli.commands.evaluate import onnx_forward
-    from kdcli.metrics import collect, task_metrics
+    from kdcli.metrics import collect, int8_score, outputs_of
 
     cpu, size, task = torch.device("cpu"), profile.train.batch_size, profile.task
     fp32, labels = collect(onnx_forward(fp32_path, task), split, size, cpu)
     int8, _ = collect(onnx_forward(int8_path, task), split, size, cpu)
+    teacher = load_teacher(profile) if task.output == "embedding" else None  # judged by the cosine to its embeddings
+    target = collect(outputs_of(teacher, task), split, size, cpu)[0] if teacher is not None else None
     result.samples = split.size
-    embedding = task.output == "embedding"
-    if embedding:
-        result.agreement = {"cosine": torch.nn.functional.cosine_similarity(int8, fp32, dim=-1).mean().item()}
-    else:
-        result.agreement = {"top1": (int8.argmax(-1) == fp32.argmax(-1)).float().mean().item()}
-    if labels is not None and task.has_classes:
-        result.metric = "accuracy"
-        result.fp32, result.int8 = task_metrics(fp32, labels)["accuracy"], task_metrics(int8, labels)["accuracy"]
-        return
-    teacher = load_teacher(profile) if embedding and profile.teacher is not None else None
-    if teacher is not None:
-        from kdcli.metrics import outputs_of
-        target, _ = collect(outputs_of(teacher, task), split, size, cpu)
-        result.metric = "cosine_to_teacher"
-        result.fp32 = torch.nn.functional.cosine_similarity(fp32, target, dim=-1).mean().item()
-        result.int8 = torch.nn.functional.cosine_similarity(int8, target, dim=-1).mean().item()
-        return
-    name = "cosine" if embedding else "top1"
-    result.metric, result.fp32, result.int8 = f"{name}_to_fp32", 1.0, result.agreement[name]
+    result.agreement, result.metric, result.fp32, result.int8 = int8_score(task, fp32, int8, labels, target)
 
 
 def _latency(profile: Profile, student: Adapter, batch: dict[str, Tensor], onnx_path: Path, out: Path,
