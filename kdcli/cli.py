@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # kdcli draws its ow
 
 import kdcli
 from kdcli.console import err, forget_json, json_printed, print_json
-from kdcli.errors import BadInput, KdcliError
+from kdcli.errors import BadInput, KdcliError, ProfileDeprecation
 from kdcli.runtime.progress import Progress, Task
 from kdcli.runtime.signals import terminate_as_interrupt
 
@@ -128,6 +128,7 @@ def _debug_traceback() -> None:
 
 
 def _quiet_libraries() -> None:
+    warnings.showwarning = _show_warning
     # Through the environment, so that bad input fails fast, before transformers (and torch) load.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if os.environ.get("KDCLI_DEBUG") != "1":
@@ -137,6 +138,18 @@ def _quiet_libraries() -> None:
         import transformers
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
+
+
+_SHOW_WARNING = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """A moved profile field is one line for the user; other warnings as Python shows them."""
+    if issubclass(category, ProfileDeprecation):
+        err.print(f"warning: {message}", markup=False, highlight=False)
+    else:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
 
 
 def _load(profile: Path, overrides: list[str] | None):  # noqa: ANN202 - kdcli.profile.Profile

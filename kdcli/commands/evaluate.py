@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 from torch import Tensor
@@ -24,6 +23,7 @@ from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, GateFailed
 from kdcli.metrics import Forward, agreement, collect, outputs_of, task_metrics
 from kdcli.models import Adapter, dir_size, mean_pool
+from kdcli.onnx.target import target_for
 from kdcli.profile import Profile
 from kdcli.run import Run
 from kdcli.runtime.distributed import Session, session
@@ -221,10 +221,10 @@ def _candidate(profile: Profile, which: str, teacher: Adapter | None, device: to
         if not path.exists():
             raise BadInput(f"--model {which}: no such file or folder",
                            hint="use student, teacher, a checkpoint folder or an .onnx file")
-    if path.suffix == ".onnx":
+    if target_for(path) is not None:  # an exported file: judged as it ships
         run_student = Run(profile.output).student
         classes = job_labels(profile, run_student if run_student.exists() else None)
-        return Candidate(onnx_forward(path, profile.task), None, dir_size(path), str(path), classes)
+        return Candidate(exported_forward(path, profile.task), None, dir_size(path), str(path), classes)
     classes = job_labels(profile, path)
     student = load_student(profile, path, classes=classes).to(device)
     student.module.eval()
@@ -232,25 +232,23 @@ def _candidate(profile: Profile, which: str, teacher: Adapter | None, device: to
                      student)
 
 
-def onnx_forward(path: Path, task: Task) -> Forward:
-    """Run an exported model in onnxruntime with the same batch dicts PyTorch gets."""
-    import onnxruntime as ort
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    outputs = [o.name for o in session.get_outputs()]
+def exported_forward(path: Path, task: Task) -> Forward:
+    """An exported file run by its target (onnxruntime for .onnx) on the batch dicts PyTorch gets: its first
+    output, or for embeddings the sentence embedding (pooled and normalized as the model's pipeline does)."""
+    target = target_for(path)
+    assert target is not None, f"no export target reads {path}"
+    run = target.run(path)
 
-    embedding = task.output == "embedding"
-    if embedding and "sentence_embedding" in outputs:
-        outputs = ["sentence_embedding"]  # pooled (and normalized) as the model's pipeline does
-
-    def run(batch: dict[str, Tensor]) -> Tensor:
-        feed = {name: batch[name].cpu().numpy() for name in names}
-        result = torch.from_numpy(np.asarray(session.run(outputs[:1], feed)[0]))
-        if embedding and result.dim() == 3:
+    def forward(batch: dict[str, Tensor]) -> Tensor:
+        outputs = run(batch)
+        if task.output == "embedding" and "sentence_embedding" in outputs:
+            return outputs["sentence_embedding"]
+        result = next(iter(outputs.values()))
+        if task.output == "embedding" and result.dim() == 3:
             mask = batch.get("attention_mask")
             return mean_pool(result, mask.cpu() if mask is not None else None)
         return result
-    return run
+    return forward
 
 
 def _follow(on_batch: OnBatch | None, model: str) -> Callable[[int, int], None] | None:

@@ -27,11 +27,10 @@ from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, GateFailed
 from kdcli.models import Adapter, dir_size, load_tokenizer, read_pipeline
 from kdcli.models.base import Exportable
-from kdcli.onnx.export import export_onnx, read_metadata, set_metadata
-from kdcli.onnx.latency import INT8, LatencyReport, latency_report, latency_rows
-from kdcli.onnx.parity import ParityReport, check_parity, default_atol
-from kdcli.onnx.quantize import quantize_int8
+from kdcli.onnx.latency import INT8, LatencyReport, latency_report
+from kdcli.onnx.parity import ParityReport, default_atol
 from kdcli.onnx.report import plot_png, render_markdown
+from kdcli.onnx.target import TARGETS, ExportTarget
 from kdcli.profile import Profile
 from kdcli.run import Run
 from kdcli.runtime.files import atomic_write_json, atomic_write_text, check_writable
@@ -163,26 +162,25 @@ def export_profile(profile: Profile, student_dir: Path | None = None, output: Pa
     tolerance = atol if atol is not None else profile.export.atol
     tolerance = default_atol(student.family) if tolerance is None else tolerance
 
-    say(f"exporting {student_dir} to ONNX (opset {profile.export.opset})")
-    onnx_path = export_onnx(view.module, _ordered(batches[0], view.input_names), out / "model.onnx",
-                            output_names=view.output_names, dynamic_axes=view.dynamic_axes,
-                            opset=profile.export.opset)
-    set_metadata(onnx_path, onnx_metadata(profile.task, classes))
+    target = TARGETS["onnx"]  # the one target today
+    say(f"exporting {student_dir} to ONNX (opset {profile.export.onnx.opset})")
+    onnx_path = target.export(view, batches[0], out / target.file, profile.export.onnx,
+                              onnx_metadata(profile.task, classes))
     if student.tokenizer is None and profile.task.data != "image" and teacher_folder:
         student.tokenizer = load_tokenizer(teacher_folder)
     student.write_serving_files(out, classes.names if classes is not None else None, profile.data.image_size)
     say("checking parity in onnxruntime")
-    parity = _parity(view, onnx_path, batches, tolerance)
+    parity = target.validate(view, onnx_path, batches, tolerance)
     atomic_write_json(out / "parity.json", parity.to_json())
     result = ExportResult(output_dir=out, onnx=onnx_path, parity=parity, size_bytes={"onnx": dir_size(onnx_path)})
     if quantize == "int8":
         say("quantizing to int8 and scoring it beside fp32 on the eval data")
-        result.int8 = _int8(profile, student, classes, view, onnx_path, out, batches, max_drop)
+        result.int8 = _int8(target, profile, student, classes, view, onnx_path, out, batches, max_drop)
         result.size_bytes["int8"] = result.int8.size_bytes
     if latency:
         say("measuring latency: teacher vs student, PyTorch vs onnxruntime")
         int8_path = result.int8.onnx if result.int8 is not None else None
-        result.latency = _latency(profile, student, batches[0], onnx_path, out, parity, latency_seconds, int8_path)
+        result.latency = _latency(target, profile, student, batches[0], onnx_path, out, latency_seconds, int8_path)
     write_report(out, parity, result.latency, result.int8)
     if read_facts(student_dir):  # a student kdcli wrote: its card gets the export's numbers
         update_card(student_dir, {"export": _card_facts(result)})
@@ -237,15 +235,6 @@ def _parity_batches(profile: Profile, student: Adapter) -> list[dict[str, Tensor
     return [{k: v for k, v in b.items() if k in ("input_ids", "attention_mask", "pixel_values")} for b in batches]
 
 
-def _ordered(batch: dict[str, Tensor], names: list[str]) -> dict[str, Tensor]:
-    return {name: batch[name] for name in names}
-
-
-def _parity(view: Exportable, onnx_path: Path, batches: list[dict[str, Tensor]], atol: float) -> ParityReport:
-    return check_parity(view.module, onnx_path, [_ordered(b, view.input_names) for b in batches], atol,
-                        view.output_names)
-
-
 def int8_gate(int8: Int8Result | None) -> None:
     """Exit 1 (GateFailed) when --max-drop was given and the int8 model lost more of the metric than that."""
     if int8 is None or int8.passed is not False:
@@ -260,13 +249,11 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _int8(profile: Profile, student: Adapter, classes: LabelMap | None, view: Exportable, onnx_path: Path,
-          out: Path, batches: list[dict[str, Tensor]], max_drop: float | None) -> Int8Result:
-    """Quantize, then score both ONNX files on the eval data (train without eval) as evaluate would."""
-    quantized = quantize_int8(onnx_path, out / "model.int8.onnx")
-    set_metadata(quantized, read_metadata(onnx_path))
-    diffs = check_parity(view.module, quantized, [_ordered(b, view.input_names) for b in batches], 0.0,
-                         view.output_names).diffs()
+def _int8(target: ExportTarget, profile: Profile, student: Adapter, classes: LabelMap | None, view: Exportable,
+          onnx_path: Path, out: Path, batches: list[dict[str, Tensor]], max_drop: float | None) -> Int8Result:
+    """Quantize, then score both files on the eval data (train without eval) as evaluate would."""
+    quantized = target.quantize(onnx_path, out / target.quantized_file)
+    diffs = target.validate(view, quantized, batches, 0.0).diffs()
     result = Int8Result(onnx=quantized, size_bytes=dir_size(quantized), samples=0, metric=None, fp32=None, int8=None,
                         agreement={}, max_abs_diff=diffs, max_drop=max_drop)
     which = "eval" if profile.data.eval else "train" if profile.data.train else None
@@ -278,20 +265,20 @@ def _int8(profile: Profile, student: Adapter, classes: LabelMap | None, view: Ex
 
 
 def _score_int8(profile: Profile, split: Split, fp32_path: Path, int8_path: Path, result: Int8Result) -> None:
-    from kdcli.commands.evaluate import onnx_forward
+    from kdcli.commands.evaluate import exported_forward
     from kdcli.metrics import collect, int8_score, outputs_of
 
     cpu, size, task = torch.device("cpu"), profile.train.batch_size, profile.task
-    fp32, labels = collect(onnx_forward(fp32_path, task), split, size, cpu)
-    int8, _ = collect(onnx_forward(int8_path, task), split, size, cpu)
+    fp32, labels = collect(exported_forward(fp32_path, task), split, size, cpu)
+    int8, _ = collect(exported_forward(int8_path, task), split, size, cpu)
     teacher = load_teacher(profile) if task.output == "embedding" else None  # judged by the cosine to its embeddings
     target = collect(outputs_of(teacher, task), split, size, cpu)[0] if teacher is not None else None
     result.samples = split.size
     result.agreement, result.metric, result.fp32, result.int8 = int8_score(task, fp32, int8, labels, target)
 
 
-def _latency(profile: Profile, student: Adapter, batch: dict[str, Tensor], onnx_path: Path, out: Path,
-             parity: ParityReport, min_seconds: float = 0.5, int8_path: Path | None = None) -> LatencyReport:
+def _latency(target: ExportTarget, profile: Profile, student: Adapter, batch: dict[str, Tensor], onnx_path: Path,
+             out: Path, min_seconds: float = 0.5, int8_path: Path | None = None) -> LatencyReport:
     """Teacher vs student (and the int8 student, onnxruntime only) at the profile's batch sizes and the data's
     shape."""
     view = student.exportable()
@@ -304,15 +291,13 @@ def _latency(profile: Profile, student: Adapter, batch: dict[str, Tensor], onnx_
     t_view = teacher.exportable() if teacher is not None else None
     if teacher is not None and t_view is not None and t_view.input_names == view.input_names:  # the same batches
         # exported apart from the student's folder, which serves on its own
-        t_onnx = export_onnx(t_view.module, _ordered(batch, t_view.input_names), teacher_export(out) / "model.onnx",
-                             output_names=t_view.output_names, dynamic_axes=t_view.dynamic_axes,
-                             opset=profile.export.opset)
+        t_onnx = target.export(t_view, batch, teacher_export(out) / target.file, profile.export.onnx)
         models["teacher"] = (t_view.module, t_onnx)
         sizes["teacher"] = dir_size(t_onnx)
     shape = _shape_of(batch, view.shape_key)
     threads = profile.train.threads or torch.get_num_threads() or os.cpu_count() or 1
-    rows = latency_rows(models, lambda size: _synthetic(batch, view.input_names, size), profile.export.batch_sizes,
-                        view.shape_key, shape, threads, min_seconds=min_seconds)
+    rows = target.time(models, lambda size: _synthetic(batch, view.input_names, size), profile.export.batch_sizes,
+                       view.shape_key, shape, threads, min_seconds)
     report = latency_report(rows, threads, sizes)
     chart = plot_png(report, out / "latency.png")
     report["chart"] = str(chart) if chart else None
