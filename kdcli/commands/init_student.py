@@ -15,8 +15,7 @@ from kdcli.console import human_bytes, table
 from kdcli.data.labels import LabelMap, job_labels
 from kdcli.errors import BadInput
 from kdcli.models import Adapter, dir_size
-from kdcli.models.derive import derive_student
-from kdcli.models.timm import TimmAdapter, create
+from kdcli.models.derive import derive_student, fresh_student
 from kdcli.profile import Profile
 from kdcli.runtime.files import check_writable
 
@@ -81,7 +80,7 @@ def _fresh_student(profile: Profile) -> InitReport:
     classes = job_labels(profile, head=init.num_classes) if init.num_classes is None or _named(profile) else None
     count = init.num_classes or (len(classes) if classes is not None else None)
     args = {**init.model_args, **({"num_classes": count} if count else {})}
-    student = TimmAdapter(create(init.architecture, **args).eval(), init.architecture, args)
+    student = fresh_student(init.architecture, args)
     _name_classes(student, classes)
     student.save(profile.student.path)
     update_card(profile.student.path, {**student_facts(profile, student, profile.student.path, classes),
