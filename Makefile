@@ -1,4 +1,4 @@
-# make demo: the main job on the bundled default; make test: the linter, then the test suite.
+# make demo: the main job on the bundled default; make test: the linters (ruff, import layers), then the tests.
 # Each creates .venv on first use: torch first (the pair timm needs), then kdcli in editable mode.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -18,6 +18,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)

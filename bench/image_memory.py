@@ -27,7 +27,7 @@ from kdcli.profile import load_profile
 import torch
 from kdcli.data.splits import load_split
 from kdcli.metrics import collect
-from kdcli.models import load_teacher
+from kdcli.commands.checkpoints import load_teacher
 profile = load_profile(sys.argv[1])
 split = load_split(profile, "eval", load_teacher(profile))
 collect(lambda batch: batch["pixel_values"].mean((2, 3)), split, 64, torch.device("cpu"))

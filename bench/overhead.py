@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import SST2, StepClock, classifier_teacher, emit, write_profile
+from kdcli.commands.checkpoints import load_student, load_teacher
 from kdcli.commands.distill import distill
 from kdcli.commands.init_student import init_student
 from kdcli.data.splits import load_split
-from kdcli.models import load_student, load_teacher
 from kdcli.profile import load_profile
 
 LOSSES = [{"kind": "ce", "weight": 0.5}, {"kind": "hinton", "weight": 0.5, "temperature": 2.0},

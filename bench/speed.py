@@ -35,7 +35,7 @@ def _pair_rows(teacher, student, make_inputs, shape_key: str, shape: int, work: 
 
 def minilm(work: Path) -> dict:
     teacher = load_hf(minilm_dir(), "embedding")
-    student, _, _ = shrink_transformer(teacher, StudentInit(layers="uniform:3"), "embedding")
+    student, _, _ = shrink_transformer(teacher, StudentInit(layers="uniform:3"), teacher.task)
     ids = teacher.tokenizer(["a sentence of about the length of an sst-2 review , twenty tokens or so ."] * 32,
                             return_tensors="pt")
 

@@ -15,10 +15,9 @@ from typing import Any
 
 import kdcli
 from kdcli.runtime.files import atomic_write_text
+from kdcli.tasks import TASKS
 
 CARD = "README.md"
-PIPELINE_TAGS = {"sequence-classification": "text-classification", "image-classification": "image-classification",
-                 "masked-lm": "fill-mask", "embedding": "feature-extraction"}
 LIBRARIES = {"transformers": "transformers", "timm": "timm"}
 
 
@@ -30,11 +29,11 @@ def update_card(folder: Path, facts: dict[str, Any]) -> Path:
     merged = {**read_facts(folder), **{k: v for k, v in facts.items() if v is not None}, "version": kdcli.__version__}
     teacher = merged.get("teacher") or {}
     pipeline = merged.get("pipeline")
-    task = merged.get("task", "")
+    task = TASKS.get(merged.get("task", ""))  # a card may name a task this version no longer declares
     data = ModelCardData(
         license=teacher.get("license"), base_model=teacher.get("name"), language=teacher.get("language"),
         library_name="sentence-transformers" if pipeline else LIBRARIES.get(merged.get("family", "")),
-        pipeline_tag="sentence-similarity" if pipeline else PIPELINE_TAGS.get(task),
+        pipeline_tag="sentence-similarity" if pipeline else task.pipeline_tag if task else None,
         tags=["kdcli", "knowledge-distillation", *(["sentence-transformers"] if pipeline else [])],
         kdcli=_plain(merged))
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{render(merged)}")
@@ -219,11 +218,11 @@ def _mb(n: Any) -> str:
 def student_facts(profile: Any, student: Any, folder: Path, classes: Any = None) -> dict[str, Any]:
     """What every card says about a student folder: the job, the model, its classes, pipeline and size."""
     from kdcli.models import dir_size
-    pipeline = getattr(student, "pipeline", None)
-    return {"name": profile.name, "task": profile.task, "family": student.family,
+    pipeline = student.pipeline if profile.task.output == "embedding" else None
+    return {"name": profile.name, "task": profile.task.name, "family": student.family,
             "teacher": teacher_facts(profile.teacher.path) if profile.teacher is not None else None,
             "classes": list(classes.names) if classes is not None else None,
-            "pipeline": pipeline.describe() if pipeline is not None and profile.task == "embedding" else None,
+            "pipeline": pipeline.describe() if pipeline is not None else None,
             "params": student.param_count(), "size_bytes": dir_size(folder)}
 
 

@@ -23,9 +23,9 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # kdcli draws its own progress, on stderr
 
 import kdcli
-from kdcli.console import err, forget_json, human_bytes, json_printed, print_json, table
-from kdcli.errors import BadInput, KdcliError
-from kdcli.runtime.progress import Progress
+from kdcli.console import err, forget_json, json_printed, print_json
+from kdcli.errors import BadInput, KdcliError, ProfileDeprecation
+from kdcli.runtime.progress import Progress, Task
 from kdcli.runtime.signals import terminate_as_interrupt
 
 EXIT_CODES = ("Exit codes: 0 done · 1 a gate failed or the job failed at run time · 2 bad input (profile, paths, "
@@ -128,6 +128,7 @@ def _debug_traceback() -> None:
 
 
 def _quiet_libraries() -> None:
+    warnings.showwarning = _show_warning
     # Through the environment, so that bad input fails fast, before transformers (and torch) load.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if os.environ.get("KDCLI_DEBUG") != "1":
@@ -137,6 +138,18 @@ def _quiet_libraries() -> None:
         import transformers
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
+
+
+_SHOW_WARNING = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """A moved profile field is one line for the user; other warnings as Python shows them."""
+    if issubclass(category, ProfileDeprecation):
+        err.print(f"warning: {message}", markup=False, highlight=False)
+    else:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
 
 
 def _load(profile: Path, overrides: list[str] | None):  # noqa: ANN202 - kdcli.profile.Profile
@@ -152,25 +165,8 @@ def check(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False) -> N
     report = check_profile(loaded)
     if json_:
         print_json(report.to_json())
-        return
-    err.print(f"[green]profile ok[/]: {profile}")
-    for role, probe in (("teacher", report.teacher), ("student", report.student)):
-        if probe and probe.loaded:
-            err.print(f"  {role}: {probe.architecture} · {probe.layers} layers · {probe.params:,} params · "
-                      f"output {probe.output_shape}")
-        elif probe:
-            err.print(f"  {role}: {probe.status}")
-    if report.init_layers is not None:
-        err.print(f"  student.init.layers keeps teacher layers {report.init_layers}")
-    for loss in report.losses:
-        err.print(f"  loss {loss['kind']} (weight {loss['weight']})"
-                  + (f": map {{student: teacher}} {loss['map']}" if loss.get("map") else ""))
-    if report.classes:
-        names = report.classes["names"]
-        err.print(f"  classes ({report.classes['source']}): " + ", ".join(names[:12])
-                  + (f" and {len(names) - 12} more" if len(names) > 12 else ""), markup=False, highlight=False)
-    if report.samples:
-        err.print("  data: " + ", ".join(f"{which} {n:,} rows" for which, n in report.samples.items()))
+    else:
+        report.render(err, str(profile))
 
 
 @command("init-student")
@@ -185,15 +181,8 @@ def init_student_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = 
         report = init_student(loaded, on_event=shown.say, force=force)
     if json_:
         print_json(report.to_json())
-        return
-    t, s = report.teacher, report.student
-    rows = [[field, t.get(key), s.get(key)] for field, key in
-            (("architecture", "architecture"), ("layers", "layers"), ("parameters", "params"))]
-    rows.append(["size on disk", human_bytes(t.get("size_bytes")), human_bytes(s.get("size_bytes"))])
-    err.print(table("init-student", ["", "teacher", "student"], rows))
-    if report.layer_map:
-        err.print("student layer ← teacher layer: " + ", ".join(f"{i}←{t_}" for i, t_ in enumerate(report.layer_map)))
-    err.print(f"student written to {report.output_dir} ({report.copied_tensors} tensors copied)")
+    else:
+        report.render(err)
 
 
 @command("distill")
@@ -217,25 +206,22 @@ def distill_cmd(profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False
     from kdcli.commands.distill import distill
     main_rank = _main_rank()
     with Progress(err, quiet or not main_rank) as shown:
-        task = shown.task("distill", "step")
-
-        def on_step(record: dict) -> None:
-            task.update(record["step"], record["total_steps"], name=f"distill [{record['stage']}]",
-                        loss=record["loss"], samples_per_s=record["samples_per_s"])
+        on_step = _follow_steps(shown.task("distill", "step"))
         result = distill(loaded, resume=resume, force=force, on_step=on_step)
     if not main_rank:
         return
     if json_:
         print_json(result.to_json())
-        return
-    err.print(f"[green]done[/]: student written to {result.student}")
-    if result.eval:
-        err.print(table("eval (student)", ["metric", "value"], _flat(result.eval).items()))
+    else:
+        result.render(err)
 
 
-def _flat(pair: dict[str, dict[str, float]]) -> dict[str, float]:
-    """{"metrics": {accuracy}, "agreement": {top1}} as rows: accuracy, agreement top1."""
-    return {**pair.get("metrics", {}), **{f"agreement {k}": v for k, v in pair.get("agreement", {}).items()}}
+def _follow_steps(task: Task) -> Callable[[dict], None]:
+    """A metrics.jsonl step record onto the progress bar."""
+    def on_step(record: dict) -> None:
+        task.update(record["step"], record["total_steps"], name=f"distill [{record['stage']}]",
+                    loss=record["loss"], samples_per_s=record["samples_per_s"])
+    return on_step
 
 
 def _main_rank() -> bool:
@@ -276,11 +262,8 @@ def pseudo_label_cmd(
         return
     if json_:
         print_json(result.to_json())
-        return
-    rows = [[name, c["labelled"], c["kept"], c["dropped"], c["in_output"]] for name, c in result.summary.items()]
-    err.print(table(f"pseudo-label: {result.kept} records of {result.total} samples",
-                    ["class", "labelled", "kept", "dropped", "records"], rows))
-    err.print(f"written to {result.output}")
+    else:
+        result.render(err)
 
 
 @command("noisy-student")
@@ -294,18 +277,12 @@ def noisy_student_cmd(
     loaded = _load(profile, set_)
     from kdcli.commands.noisy_student import noisy_student
     with Progress(err, quiet) as shown:
-        task = shown.task("noisy-student", "step")
-
-        def on_step(record: dict) -> None:
-            task.update(record["step"], record["total_steps"], name=f"distill [{record['stage']}]",
-                        loss=record["loss"], samples_per_s=record["samples_per_s"])
+        on_step = _follow_steps(shown.task("noisy-student", "step"))
         result = noisy_student(loaded, rounds, resume=resume, on_event=shown.say, on_step=on_step)
     if json_:
         print_json(result.to_json())
-        return
-    rows = [[r["round"], *(r["eval"].get("metrics", {}).get(k) for k in ("accuracy", "macro_f1")), r["student"]]
-            for r in result.rounds]
-    err.print(table("noisy-student", ["round", "accuracy", "macro_f1", "student"], rows))
+    else:
+        result.render(err)
 
 
 @command("evaluate")
@@ -335,21 +312,8 @@ def evaluate_cmd(
     if json_:
         print_json({**report.to_json(), "output_dir": str(loaded.output)})
     else:
-        _print_eval(report)
+        report.render(err)
     check_gates(report)
-
-
-def _print_eval(report: Any) -> None:  # kdcli.commands.evaluate.EvalReport
-    rows = [[name, report.teacher_metrics.get(name), value] for name, value in report.metrics.items()]
-    rows += [[f"agreement {k}", None, v] for k, v in report.agreement.items()]
-    rows += [["retention", None, report.retention],
-             ["parameters", report.params["teacher"], report.params["student"]],
-             ["size", human_bytes(report.size_bytes["teacher"]), human_bytes(report.size_bytes["student"])],
-             ["samples/s", report.samples_per_s["teacher"], report.samples_per_s["student"]]]
-    err.print(table(f"evaluate: {report.model} on {report.samples} samples", ["", "teacher", "student"], rows))
-    if report.gates:
-        err.print(table("gates", ["gate", "threshold", "value", ""],
-                        [[g.name, g.threshold, g.value, "passed" if g.passed else "FAILED"] for g in report.gates]))
 
 
 @command("export")
@@ -382,50 +346,9 @@ def export_cmd(
     if json_:
         print_json(result.to_json())
     else:
-        _print_parity(result.parity)
-        if result.int8 is not None:
-            _print_int8(result.int8)
-        if result.latency is not None:
-            _print_latency(result.latency)
-        err.print(f"written to {result.output_dir}")
+        result.render(err)
     parity_gate(result.parity)
     int8_gate(result.int8)
-
-
-def _print_parity(parity: Any) -> None:  # kdcli.onnx.parity.ParityReport
-    diffs = parity.diffs()
-    rows = [[name, diffs[name], "ok" if o["ok"] else "FAIL"] for name, o in parity.outputs.items()]
-    err.print(table(f"parity (atol {parity.atol:g}, {len(parity.shapes)} shapes)",
-                    ["output", "max abs diff", ""], rows))
-
-
-def _print_int8(int8: Any) -> None:  # kdcli.commands.export.Int8Result
-    if int8.metric is not None:
-        gate = "not gated" if int8.max_drop is None else f"gate --max-drop {int8.max_drop:g}: " + (
-            "ok" if int8.passed else "FAILED")
-        err.print(f"int8 vs fp32 on {int8.samples} samples: {int8.metric} {_num(int8.int8)} (fp32 {_num(int8.fp32)}, "
-                  f"drop {_num(int8.drop)}; {gate})", highlight=False, markup=False, soft_wrap=True)
-    diffs = ", ".join(f"{name} {'inf' if d is None else format(d, '.3g')}" for name, d in int8.max_abs_diff.items())
-    agreement = ", ".join(f"{k} {v:.4f}" for k, v in int8.agreement.items())
-    err.print(f"int8: {int8.onnx} ({human_bytes(int8.size_bytes)})" + (f", agreement with fp32: {agreement}"
-              if agreement else "") + f", max abs diff to PyTorch: {diffs} (see int8.json)",
-              highlight=False, markup=False, soft_wrap=True)
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def _print_latency(report: dict) -> None:  # kdcli.onnx.latency.LatencyReport: the latency.json document
-    rows = [[r["model"], r["runtime"], r["batch_size"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["samples_per_s"]]
-            for r in report["rows"]]
-    err.print(table(f"latency ({report['threads']} threads)", ["model", "runtime", "batch", "p50 ms", "p90 ms",
-                                                                "p99 ms", "samples/s"], rows))
-    for key, who in (("speedup", "student"), ("speedup_int8", "int8 student")):
-        for runtime, by_batch in report.get(key, {}).items():
-            if by_batch:
-                err.print(f"{who} speed-up over teacher, {runtime}: "
-                          + ", ".join(f"batch {b}: {x:.2f}x" for b, x in by_batch.items()))
 
 
 def main() -> None:

@@ -41,3 +41,7 @@ class GateFailed(KdcliError):
 
 class TrainingDiverged(KdcliError):
     """A loss became NaN or infinite."""
+
+
+class ProfileDeprecation(FutureWarning):
+    """A profile field moved: the old place is still read; the command line shows it as one `warning:` line."""

@@ -2,8 +2,8 @@
 
 perplexity = exp(Σ NLL / Σ tokens) over the learned (completion) tokens, token-weighted: a long document
 counts in proportion to its tokens. Agreement with the teacher on the same tokens: next-token top-1 agreement
-and the mean KL(teacher || student). Retention = teacher perplexity / student perplexity (1 = as good as the
-teacher, 0.5 = twice as perplexed).
+and the mean KL(teacher || student). Retention (the task's declaration) = teacher perplexity / student
+perplexity (1 = as good as the teacher, 0.5 = twice as perplexed).
 """
 
 from __future__ import annotations
@@ -86,8 +86,3 @@ def _reduce(world: World, values: list[float]) -> list[float]:
     dist.all_gather_object(parts, values)  # objects: the same call on gloo and nccl
     return [sum(column) for column in zip(*parts)]
 
-
-def lm_retention(student: dict[str, float], teacher: dict[str, float]) -> float | None:
-    """Teacher perplexity / student perplexity."""
-    s, t = student.get("perplexity"), teacher.get("perplexity")
-    return t / s if s and t else None

@@ -14,23 +14,17 @@ from kdcli.data.splits import Split, loader, to_device
 from kdcli.lm_metrics import evaluate_lm
 from kdcli.models import Adapter
 from kdcli.runtime.distributed import World, gather_rows, shard
-
-# A task's primary metric (higher is better): what decides student-best, what --min-metric gates.
-# (section of the report, key): the task metric where there are labels, agreement with the teacher otherwise.
-PRIMARY = {"sequence-classification": ("metrics", "accuracy"), "image-classification": ("metrics", "accuracy"),
-           "embedding": ("agreement", "cosine_to_teacher"), "masked-lm": ("agreement", "top1"),
-           "causal-lm": ("agreement", "top1")}
+from kdcli.tasks import Task
 
 Forward = Callable[[dict[str, Tensor]], Tensor]
 
 
-def outputs_of(model: Adapter, task: str) -> Forward:
-    """The tensor a model is judged on: logits, or the pooled embedding for embedding models."""
-    need = frozenset({"embedding"}) if task == "embedding" else frozenset({"logits"})
+def outputs_of(model: Adapter, task: Task) -> Forward:
+    """The tensor a model is judged on: the task's output (logits, or the pooled embedding)."""
+    need = frozenset({task.output})
 
     def run(batch: dict[str, Tensor]) -> Tensor:
-        out = model.forward(batch, need)
-        return out.embedding if task == "embedding" else out.logits
+        return getattr(model.forward(batch, need), task.output)
     return run
 
 
@@ -73,15 +67,36 @@ def macro_f1(pred: Tensor, labels: Tensor) -> float:
     return float(sum(scores) / len(scores)) if scores else 0.0
 
 
-def agreement(student: Tensor, teacher: Tensor, task: str) -> dict[str, float]:
-    """Classification: top-1 agreement and mean KL(teacher || student). Embeddings: mean cosine and
+def agreement(student: Tensor, teacher: Tensor, task: Task) -> dict[str, float]:
+    """Logits: top-1 agreement and mean KL(teacher || student). Embeddings: mean cosine and
     nearest-neighbour agreement (does each sample's nearest other sample stay the same)."""
-    if task == "embedding":
+    if task.output == "embedding":
         cos = F.cosine_similarity(student, teacher, dim=-1).mean().item()
         return {"cosine_to_teacher": cos, "nn_agreement": _nn_agreement(student, teacher)}
     kl = F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True,
                   reduction="batchmean").item()
     return {"top1": (student.argmax(-1) == teacher.argmax(-1)).float().mean().item(), "kl": kl}
+
+
+def int8_score(task: Task, fp32: Tensor, int8: Tensor, labels: Tensor | None, target: Tensor | None
+               ) -> tuple[dict[str, float], str, float, float]:
+    """An int8 model beside its fp32 one, as its users judge it: (agreement with fp32, metric, fp32's, int8's).
+
+    The metric is accuracy where the task has classes and the data labels, the cosine to the teacher's
+    embeddings where `target` holds them, else agreement with the fp32 model (whose own value is then 1)."""
+    if task.output == "embedding":
+        name, agree = "cosine", _cosine(int8, fp32)
+    else:
+        name, agree = "top1", (int8.argmax(-1) == fp32.argmax(-1)).float().mean().item()
+    if labels is not None and task.has_classes:
+        return {name: agree}, "accuracy", task_metrics(fp32, labels)["accuracy"], task_metrics(int8, labels)["accuracy"]
+    if target is not None:
+        return {name: agree}, "cosine_to_teacher", _cosine(fp32, target), _cosine(int8, target)
+    return {name: agree}, f"{name}_to_fp32", 1.0, agree
+
+
+def _cosine(a: Tensor, b: Tensor) -> float:
+    return F.cosine_similarity(a, b, dim=-1).mean().item()
 
 
 def _nn_agreement(student: Tensor, teacher: Tensor) -> float:
@@ -103,24 +118,17 @@ class PairMetrics:
     metrics: dict[str, float] = field(default_factory=dict)
     agreement: dict[str, float] = field(default_factory=dict)
 
-    def primary(self, task: str) -> float | None:
-        return primary_metric(task, self.metrics, self.agreement)[1]
+    def primary(self, task: Task) -> float | None:
+        return task.primary_metric(self.metrics, self.agreement)[1]
 
     def to_json(self) -> dict[str, Any]:
         return {"metrics": dict(self.metrics), "agreement": dict(self.agreement)}
 
 
-def primary_metric(task: str, metrics: dict[str, float], agreement: dict[str, float]) -> tuple[str, float | None]:
-    """(name, value) of the task's primary metric; value None where this evaluation lacks it."""
-    section, name = PRIMARY[task]
-    value = (metrics if section == "metrics" else agreement).get(name)
-    return name, None if value is None else float(value)
-
-
-def evaluate_pair(student: Adapter, teacher: Adapter | None, split: Split, task: str, batch_size: int,
+def evaluate_pair(student: Adapter, teacher: Adapter | None, split: Split, task: Task, batch_size: int,
                   device: torch.device, teacher_outputs: Tensor | None = None) -> PairMetrics:
     """The metrics used during training: the student's task metric and its agreement with the teacher."""
-    if task == "causal-lm":  # per-token logits, streamed: the teacher runs beside the student
+    if task.streamed:  # per-token logits, streamed: the teacher runs beside the student
         lm = evaluate_lm(outputs_of(student, task), outputs_of(teacher, task) if teacher else None, split,
                          batch_size, device)
         return PairMetrics(lm.student, lm.agreement)

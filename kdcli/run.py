@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from kdcli.runtime.files import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,24 @@ class Run:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
+
+    def metric_records(self) -> list[dict[str, Any]]:
+        """metrics.jsonl, a dict a record; a torn last line (a killed run) is skipped."""
+        if not self.metrics.is_file():
+            return []
+        records = []
+        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        return records
+
+    def keep_metrics(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Rewrite metrics.jsonl with the records `keep` accepts (atomically)."""
+        if self.metrics.is_file():
+            kept = [record for record in self.metric_records() if keep(record)]
+            atomic_write_text(self.metrics, "".join(json.dumps(record) + "\n" for record in kept))
 
     @property
     def metrics_chart(self) -> Path:

@@ -15,7 +15,7 @@ def _run(write_profile, spec: dict, cache: bool, name: str) -> dict[str, torch.T
     path = write_profile(spec, f"{name}.yaml")
     profile = load_profile(path, [f"train.cache_teacher={str(cache).lower()}", f"output={path.parent / name}"])
     summary = distill(profile)
-    from kdcli.models import load_student
+    from kdcli.commands.checkpoints import load_student
     return load_student(profile, summary.student).module.state_dict()
 
 

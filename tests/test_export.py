@@ -393,3 +393,10 @@ def test_axis_pinned_to_example_size_is_an_error(model, tmp_path):
     with pytest.raises(KdcliError, match=r"pinned dynamic axes.*x\[0\]=2"):
         export_onnx(model, {"x": torch.randn(2, 4)}, tmp_path / "f.onnx", output_names=["y"], dynamic_axes={"x": {0: "batch"}})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_exported_file_finds_its_target_by_suffix():
+    from kdcli.onnx.target import TARGETS, target_for
+    assert target_for(Path("export/model.onnx")) is TARGETS["onnx"]
+    assert target_for(Path("export/model.int8.onnx")) is TARGETS["onnx"]
+    assert target_for(Path("student/model.safetensors")) is None

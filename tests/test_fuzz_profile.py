@@ -43,7 +43,7 @@ BASE: dict[str, Any] = {
               "checkpoint_every": 5, "cache_teacher": False, "threads": 1,
               "noise": {"token_mask": 0.1, "randaugment": False, "randaugment_magnitude": 9}},
     "output": "runs/fuzz",
-    "export": {"opset": 18, "batch_sizes": [1, 8], "atol": 1e-4},
+    "export": {"onnx": {"opset": 18}, "batch_sizes": [1, 8], "atol": 1e-4},
     "pseudo": {"threshold": 0.5, "balance": False, "per_class": 10, "soft": True, "topk": 3, "temperature": 1.0,
                "ratio": 1.0},
 }

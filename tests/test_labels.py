@@ -165,7 +165,7 @@ def image_teacher(tmp_path_factory) -> tuple[Path, Path]:
                                         "student": {"path": str(teacher)},
                                         "data": {"unlabeled": str(pool), "image_size": 16},
                                         "output": "run"})
-    from kdcli.models import load_teacher
+    from kdcli.commands.checkpoints import load_teacher
     adapter = load_teacher(load_profile(probe))
     split = load_split(load_profile(probe), "unlabeled", adapter, labels=False)
     batch = split.collate(list(range(split.size)))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kdcli.errors import ProfileError
+from kdcli.errors import ProfileDeprecation, ProfileError
 from kdcli.profile import load_profile
 
 BASE = """\
@@ -86,6 +86,12 @@ def test_unknown_loss_kind_did_you_mean(write_profile):
 def test_missing_required_field(write_profile):
     message = error_of(write_profile(BASE.replace("output: runs/job\n", "")))
     assert "output: required field is missing" in message
+
+
+def test_export_opset_moved_under_onnx_and_old_profiles_still_load(write_profile):
+    with pytest.warns(ProfileDeprecation, match="export.onnx.opset"):
+        profile = load_profile(write_profile(BASE + "export: {opset: 17}\n"))
+    assert profile.export.onnx.opset == 17
 
 
 def test_bad_enum(write_profile):

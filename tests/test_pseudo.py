@@ -16,13 +16,13 @@ from typer.testing import CliRunner
 
 import kdcli.commands.preflight
 from kdcli.cli import app
+from kdcli.commands.checkpoints import load_student, load_teacher
 from kdcli.commands.distill import distill
 from kdcli.commands.init_student import init_student
 from kdcli.commands.pseudo_label import pseudo_label, select, summarize
 from kdcli.data.pseudo import pseudo_split, read_labels
 from kdcli.data.splits import load_split
 from kdcli.errors import DataError
-from kdcli.models import load_student, load_teacher
 from kdcli.profile import PseudoSpec, load_profile
 from kdcli.train.step import cycle_indices
 

@@ -11,7 +11,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 
 from kdcli.commands.init_student import init_student
 from kdcli.errors import BadInput
-from kdcli.losses.layermap import select_layers
+from kdcli.models.layers import select_layers
 from kdcli.profile import load_profile
 
 

@@ -6,10 +6,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from rich.console import Console
 
 from kdcli.commands.preflight import preflight
-from kdcli.losses.layermap import select_layers
 from kdcli.models import Adapter
+from kdcli.models.layers import select_layers
 from kdcli.profile import Profile, profile_json
 
 
@@ -39,6 +40,26 @@ class CheckReport:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def render(self, out: Console, profile: str) -> None:
+        out.print(f"[green]profile ok[/]: {profile}")
+        for role, probe in (("teacher", self.teacher), ("student", self.student)):
+            if probe and probe.loaded:
+                out.print(f"  {role}: {probe.architecture} · {probe.layers} layers · {probe.params:,} params · "
+                          f"output {probe.output_shape}")
+            elif probe:
+                out.print(f"  {role}: {probe.status}")
+        if self.init_layers is not None:
+            out.print(f"  student.init.layers keeps teacher layers {self.init_layers}")
+        for loss in self.losses:
+            out.print(f"  loss {loss['kind']} (weight {loss['weight']})"
+                      + (f": map {{student: teacher}} {loss['map']}" if loss.get("map") else ""))
+        if self.classes:
+            names = self.classes["names"]
+            out.print(f"  classes ({self.classes['source']}): " + ", ".join(names[:12])
+                      + (f" and {len(names) - 12} more" if len(names) > 12 else ""), markup=False, highlight=False)
+        if self.samples:
+            out.print("  data: " + ", ".join(f"{which} {n:,} rows" for which, n in self.samples.items()))
+
 
 def check_profile(profile: Profile) -> CheckReport:
     """The preflight distill runs (exit 2 on what it would refuse), then one batch through each model."""
@@ -48,10 +69,10 @@ def check_profile(profile: Profile) -> CheckReport:
     teacher, student = found.teacher, found.student
     if teacher is not None:
         report.teacher = _probe(teacher)
-        if profile.student.init.architecture == "same" and teacher.family == "transformers":
-            report.init_layers = select_layers(profile.student.init.layers, teacher.depth)
+        if profile.student.init.architecture == "same" and teacher.cut_depth is not None:
+            report.init_layers = select_layers(profile.student.init.layers, teacher.cut_depth)
     if student is not None:
-        if profile.task == "causal-lm" and teacher is not None:  # next-token logits: the same vocabulary
+        if profile.task.causal and teacher is not None:  # next-token logits: the same vocabulary
             from kdcli.models.causal_lm import shared_vocab
             shared_vocab(teacher, student)  # type: ignore[arg-type]
         report.student = _probe(student)
@@ -65,6 +86,6 @@ def _probe(model: Adapter) -> ModelProbe:
     with torch.inference_mode():
         out = model.forward(model.example_batch(2), frozenset({"logits", "embedding"}))
     logits = out.logits if out.logits is not None else out.embedding
-    return ModelProbe(loaded=True, family=model.family, architecture=type(model.module).__name__,
+    return ModelProbe(loaded=True, family=model.family, architecture=model.architecture,
                       layers=model.depth, params=model.param_count(),
                       output_shape=list(logits.shape) if logits is not None else None)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import yaml
+from rich.console import Console
 
 import kdcli
 from kdcli.commands.preflight import preflight
+from kdcli.console import table
 from kdcli.data.splits import concat, load_split
 from kdcli.errors import BadInput
 from kdcli.metrics import collect, outputs_of
@@ -41,6 +42,13 @@ class DistillResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def render(self, out: Console) -> None:
+        out.print(f"[green]done[/]: student written to {self.student}")
+        if self.eval:  # {"metrics": {accuracy}, "agreement": {top1}} as rows: accuracy, agreement top1
+            rows = {**self.eval.get("metrics", {}),
+                    **{f"agreement {k}": v for k, v in self.eval.get("agreement", {}).items()}}
+            out.print(table("eval (student)", ["metric", "value"], rows.items()))
 
 
 def distill(profile: Profile, *, resume: bool = False, force: bool = False,
@@ -107,24 +115,26 @@ def _prepare(profile: Profile, where: Session) -> Job:
     found = preflight(profile)
     teacher, student, reader = found.teacher, found.student, found.reader
     assert student is not None and reader is not None  # preflight without for_check loads both or raises
-    if getattr(student, "tokenizer", None) is None and getattr(reader, "tokenizer", None) is not None:
-        student.tokenizer = reader.tokenizer  # type: ignore[attr-defined] - saved beside it: the student serves alone
+    if student.tokenizer is None and reader.tokenizer is not None:
+        student.tokenizer = reader.tokenizer  # saved beside it: the student serves alone
     student.to(device)
     if teacher is not None:
         teacher.to(device).module.requires_grad_(False)
         teacher.module.eval()  # frozen: no dropout, no grads, ever
     if cfg.compile:
         student.module.compile()  # in place: parameter names (and so checkpoints) stay as they are
-    train, causal = found.train, profile.task == "causal-lm"
+    train, task = found.train, profile.task
     assert train is not None  # preflight without for_check reads data.train (or data.transfer) or raises
-    if causal:  # next-token labels come from the text itself; the teacher's completions join the training set
+    if task.causal:  # logits over the vocabulary both models share
         align_vocab(teacher, student)  # type: ignore[arg-type]
-        train = concat(train, load_split(profile, "pseudo", reader)) if profile.data.pseudo else train
+    completions = task.pseudo == "completions"  # the teacher's completions join the training set
+    if completions and profile.data.pseudo:
+        train = concat(train, load_split(profile, "pseudo", reader))
     teacher_eval = None
-    if where.main and teacher is not None and found.evalset is not None and not causal:  # the teacher never changes
+    if where.main and teacher is not None and found.evalset is not None and not task.streamed:  # it never changes
         teacher_eval = collect(outputs_of(teacher, profile.task), found.evalset, cfg.batch_size, device)[0]
     return Job(profile, Run(profile.output), where, student, teacher, reader, train, found.evalset,
-               None if causal else found.pseudo, teacher_eval, transfer=found.transfer,
+               None if completions else found.pseudo, teacher_eval, transfer=found.transfer,
                classes=found.classes, losses=found.losses, samples=found.samples)
 
 
@@ -140,7 +150,7 @@ def _finish(job: Job, best: float | None) -> DistillResult:
         result.eval = job.evaluate().to_json() if job.evalset is not None else {}
         job.log({"final": True, "eval": result.eval})
         write_card(job, run.student, result.eval, _steps(run))
-        plot_metrics(run.metrics, run.metrics_chart)
+        plot_metrics(run.metric_records(), run.metrics_chart)
     barrier(job.session.world)
     return result
 
@@ -172,30 +182,16 @@ def _open_run(job: Job, resume: bool) -> dict[str, Any] | None:
 
 def _forget_metrics_after(run: Run, stages: list[str], state: dict[str, Any]) -> None:
     """Drop the records a killed run logged after its last checkpoint: the resumed run logs them again."""
-    if not run.metrics.is_file():
-        return
-    kept = []
-    for line in run.metrics.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
+    def logged_before(record: dict[str, Any]) -> bool:
         stage = stages.index(record["stage"]) if record.get("stage") in stages else None
-        if stage is not None and (stage, record.get("step", 0)) <= (state["stage"], state["step"]):
-            kept.append(line)
-    atomic_write_text(run.metrics, "".join(line + "\n" for line in kept))
+        return stage is not None and (stage, record.get("step", 0)) <= (state["stage"], state["step"])
+    run.keep_metrics(logged_before)
 
 
 def _steps(run: Run) -> int | None:
     """Optimizer steps the run took over all stages, as metrics.jsonl logged them."""
-    if not run.metrics.is_file():
-        return None
     steps: dict[str, int] = {}
-    for line in run.metrics.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
+    for record in run.metric_records():
         if "stage" in record and "step" in record:
             steps[record["stage"]] = max(steps.get(record["stage"], 0), int(record["step"]))
     return sum(steps.values()) or None

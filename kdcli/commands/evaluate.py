@@ -11,21 +11,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from rich.console import Console
 from torch import Tensor
 
 from kdcli.card import read_facts, update_card
+from kdcli.commands.checkpoints import load_student, load_teacher
+from kdcli.console import human_bytes, table
 from kdcli.data.labels import LabelMap, job_labels
 from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, GateFailed
-from kdcli.metrics import Forward, agreement, collect, outputs_of, primary_metric, task_metrics
-from kdcli.models import Adapter, dir_size, load_student, load_teacher, mean_pool
-from kdcli.onnx.export import short_error
+from kdcli.metrics import Forward, agreement, collect, outputs_of, task_metrics
+from kdcli.models import Adapter, dir_size, mean_pool
+from kdcli.onnx.target import target_for
 from kdcli.profile import Profile
 from kdcli.run import Run
 from kdcli.runtime.distributed import Session, session
 from kdcli.runtime.files import atomic_write_json, check_writable
+from kdcli.tasks import Task, task_named
 
 OnBatch = Callable[[str, int, int], None]  # (model, batches done, batches in all)
 
@@ -58,7 +61,7 @@ class EvalReport:
     """eval.json: the judged model beside its teacher (teacher fields None without one)."""
 
     model: str
-    task: str
+    task: str          # the task's name
     samples: int
     metrics: dict[str, float]
     teacher_metrics: dict[str, float] = field(default_factory=dict)
@@ -70,10 +73,22 @@ class EvalReport:
     gates: list[GateResult] = field(default_factory=list)
 
     def primary(self) -> tuple[str, float | None]:
-        return primary_metric(self.task, self.metrics, self.agreement)
+        return task_named(self.task).primary_metric(self.metrics, self.agreement)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def render(self, out: Console) -> None:
+        rows = [[name, self.teacher_metrics.get(name), value] for name, value in self.metrics.items()]
+        rows += [[f"agreement {k}", None, v] for k, v in self.agreement.items()]
+        rows += [["retention", None, self.retention],
+                 ["parameters", self.params["teacher"], self.params["student"]],
+                 ["size", human_bytes(self.size_bytes["teacher"]), human_bytes(self.size_bytes["student"])],
+                 ["samples/s", self.samples_per_s["teacher"], self.samples_per_s["student"]]]
+        out.print(table(f"evaluate: {self.model} on {self.samples} samples", ["", "teacher", "student"], rows))
+        if self.gates:
+            out.print(table("gates", ["gate", "threshold", "value", ""],
+                            [[g.name, g.threshold, g.value, "passed" if g.passed else "FAILED"] for g in self.gates]))
 
 
 def evaluate(profile: Profile, model: str = "student", output: Path | None = None, gates: Gates | None = None,
@@ -87,11 +102,11 @@ def evaluate(profile: Profile, model: str = "student", output: Path | None = Non
         if teacher is not None:
             teacher.to(where.device)
         candidate = _candidate(profile, model, teacher, where.device)
-        if candidate.adapter is not None and getattr(candidate.adapter, "pipeline", 1) is None:
-            candidate.adapter.pipeline = getattr(teacher, "pipeline", None)  # type: ignore[attr-defined]
+        if candidate.adapter is not None and candidate.adapter.pipeline is None and teacher is not None:
+            candidate.adapter.pipeline = teacher.pipeline  # a student saved without it embeds as the teacher does
         reader = teacher or candidate.adapter or load_student(profile, classes=candidate.classes)
         split = _eval_split(profile, reader, candidate.classes)
-        if profile.task == "causal-lm":
+        if profile.task.streamed:
             report = _evaluate_lm(profile, split, candidate.forward, teacher, where)
         else:
             report = _evaluate_outputs(profile, split, candidate.forward, teacher, where, on_batch)
@@ -119,7 +134,7 @@ def _evaluate_outputs(profile: Profile, split: Split, forward: Forward, teacher:
     """Whole-output tasks: each model over the split, then task metrics and agreement on the collected outputs."""
     batch_size = profile.train.batch_size
     s_out, labels, s_rate = _timed(forward, split, batch_size, where, _follow(on_batch, "student"))
-    report = EvalReport(model="", task=profile.task, samples=split.size, metrics=task_metrics(s_out, labels),
+    report = EvalReport(model="", task=profile.task.name, samples=split.size, metrics=task_metrics(s_out, labels),
                         params={"student": None, "teacher": None}, size_bytes={"student": None, "teacher": None},
                         samples_per_s={"student": s_rate, "teacher": None})
     if teacher is not None:
@@ -130,7 +145,7 @@ def _evaluate_outputs(profile: Profile, split: Split, forward: Forward, teacher:
         report.params["teacher"] = teacher.param_count()
         report.size_bytes["teacher"] = dir_size(teacher.path) if teacher.path else None
         report.samples_per_s["teacher"] = t_rate
-        report.retention = _retention(report)
+        report.retention = profile.task.retention_of(report.metrics, report.teacher_metrics, report.agreement)
     return report
 
 
@@ -138,12 +153,12 @@ def _evaluate_lm(profile: Profile, split: Split, forward: Forward, teacher: Adap
                  ) -> EvalReport:
     """Perplexity (token-weighted), next-token top-1 agreement and mean KL. The models run interleaved, batch
     by batch, so speed is export's to measure (prefill tokens/s in latency.json)."""
-    from kdcli.lm_metrics import evaluate_lm, lm_retention
+    from kdcli.lm_metrics import evaluate_lm
     t_forward = outputs_of(teacher, profile.task) if teacher is not None else None
     lm = evaluate_lm(forward, t_forward, split, profile.train.batch_size, where.device, where.world)
-    return EvalReport(model="", task=profile.task, samples=split.size, metrics=lm.student,
+    return EvalReport(model="", task=profile.task.name, samples=split.size, metrics=lm.student,
                       teacher_metrics=lm.teacher, agreement=lm.agreement,
-                      retention=lm_retention(lm.student, lm.teacher),
+                      retention=profile.task.retention_of(lm.student, lm.teacher, lm.agreement),
                       params={"student": None, "teacher": teacher.param_count() if teacher else None},
                       size_bytes={"student": None, "teacher": dir_size(teacher.path) if teacher else None},
                       samples_per_s={"student": None, "teacher": None})
@@ -176,19 +191,10 @@ def check_gates(report: EvalReport) -> None:
     raise GateFailed(prefix + "; ".join(gate.failure() for gate in failed), hint=hint)
 
 
-def _retention(report: EvalReport) -> float | None:
-    """Student metric / teacher metric; for embeddings, the cosine to the teacher (the teacher's is 1).
-    Causal LMs: teacher perplexity / student perplexity (kdcli/lm_metrics.py)."""
-    if report.task == "embedding":
-        return report.agreement.get("cosine_to_teacher")
-    s, t = report.metrics.get("accuracy"), report.teacher_metrics.get("accuracy")
-    return s / t if s is not None and t else None
-
-
 def _eval_split(profile: Profile, reader: Adapter, classes: LabelMap | None) -> Split:
     if not profile.data.eval:
         raise BadInput("evaluate needs data.eval in the profile", hint="add data.eval: PATH")
-    return load_split(profile, "eval", reader, labels=profile.task != "masked-lm", classes=classes)
+    return load_split(profile, "eval", reader, labels=profile.task.has_classes, classes=classes)
 
 
 @dataclass
@@ -219,10 +225,11 @@ def _candidate(profile: Profile, which: str, teacher: Adapter | None, device: to
         if not path.exists():
             raise BadInput(f"--model {which}: no such file or folder",
                            hint="use student, teacher, a checkpoint folder or an .onnx file")
-    if path.suffix == ".onnx":
+    if target_for(path) is not None:  # an exported file: judged as it ships
         run_student = Run(profile.output).student
         classes = job_labels(profile, run_student if run_student.exists() else None)
-        return Candidate(onnx_forward(path, profile.task, classes), None, dir_size(path), str(path), classes)
+        return Candidate(exported_forward(path, profile.task, classes), None, dir_size(path), str(path),
+                         classes)
     classes = job_labels(profile, path)
     student = load_student(profile, path, classes=classes).to(device)
     student.module.eval()
@@ -230,43 +237,23 @@ def _candidate(profile: Profile, which: str, teacher: Adapter | None, device: to
                      student)
 
 
-def onnx_forward(path: Path, task: str, classes: LabelMap | None = None) -> Forward:
-    """Run an exported model in onnxruntime with the same batch dicts PyTorch gets."""
-    session = _onnx_session(path, task, classes)
-    names = [i.name for i in session.get_inputs()]
-    outputs = [o.name for o in session.get_outputs()]
+def exported_forward(path: Path, task: Task, classes: LabelMap | None = None) -> Forward:
+    """An exported file run by its target (onnxruntime for .onnx) on the batch dicts PyTorch gets: its first
+    output, or for embeddings the sentence embedding (pooled and normalized as the model's pipeline does)."""
+    target = target_for(path)
+    assert target is not None, f"no export target reads {path}"
+    run = target.run(path, task=task.name, classes=len(classes) if classes is not None else None)
 
-    if task == "embedding" and "sentence_embedding" in outputs:
-        outputs = ["sentence_embedding"]  # pooled (and normalized) as the model's pipeline does
-
-    def run(batch: dict[str, Tensor]) -> Tensor:
-        feed = {name: batch[name].cpu().numpy() for name in names}
-        result = torch.from_numpy(np.asarray(session.run(outputs[:1], feed)[0]))
-        if task == "embedding" and result.dim() == 3:
+    def forward(batch: dict[str, Tensor]) -> Tensor:
+        outputs = run(batch)
+        if task.output == "embedding" and "sentence_embedding" in outputs:
+            return outputs["sentence_embedding"]
+        result = next(iter(outputs.values()))
+        if task.output == "embedding" and result.dim() == 3:
             mask = batch.get("attention_mask")
             return mean_pool(result, mask.cpu() if mask is not None else None)
         return result
-    return run
-
-
-def _onnx_session(path: Path, task: str, classes: LabelMap | None) -> Any:
-    """An onnxruntime session over a file that is an ONNX model of this job's task: exit 2 naming the file
-    otherwise (truncated, empty, not ONNX, another task, another number of classes)."""
-    import onnxruntime as ort
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/NoSuchFile types, not exported
-        raise BadInput(f"--model {path}: not a model onnxruntime can load ({short_error(exc)})",
-                       hint="pass the model.onnx that kdcli export wrote, or export again") from exc
-    made_for = session.get_modelmeta().custom_metadata_map.get("task")
-    if made_for and made_for != task:
-        raise BadInput(f"--model {path}: exported for task {made_for}, and this profile's task is {task}",
-                       hint="evaluate it with the profile it was exported from")
-    width = session.get_outputs()[0].shape[-1] if session.get_outputs()[0].shape else None
-    if classes is not None and isinstance(width, int) and width != len(classes):
-        raise BadInput(f"--model {path}: its output has {width} values, and this job has {len(classes)} classes",
-                       hint="evaluate it with the profile it was exported from")
-    return session
+    return forward
 
 
 def _follow(on_batch: OnBatch | None, model: str) -> Callable[[int, int], None] | None:

@@ -9,32 +9,32 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 from torch import Tensor
 
 import kdcli
 from kdcli.card import read_facts, update_card
+from kdcli.commands.checkpoints import load_student, load_teacher
+from kdcli.console import human_bytes, table
 from kdcli.data.labels import LabelMap, job_labels
 from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, GateFailed
-from kdcli.models import Adapter, dir_size, load_student, load_teacher
+from kdcli.models import Adapter, dir_size, load_tokenizer, read_pipeline
 from kdcli.models.base import Exportable
-from kdcli.models.hf import HFAdapter
-from kdcli.models.timm import TimmAdapter
-from kdcli.onnx.export import export_onnx, read_metadata, set_metadata
-from kdcli.onnx.latency import INT8, LatencyReport, latency_report, latency_rows
-from kdcli.onnx.parity import ParityReport, check_parity, default_atol
-from kdcli.onnx.quantize import quantize_int8
+from kdcli.onnx.latency import INT8, LatencyReport, latency_report
+from kdcli.onnx.parity import ParityReport, default_atol
 from kdcli.onnx.report import plot_png, render_markdown
+from kdcli.onnx.target import TARGETS, ExportTarget
 from kdcli.profile import Profile
 from kdcli.run import Run
 from kdcli.runtime.files import atomic_write_json, atomic_write_text, check_writable
+from kdcli.tasks import Task
 
 
 @dataclass
@@ -75,6 +75,19 @@ class Int8Result:
             out.update(max_drop=self.max_drop, passed=self.passed)
         return out
 
+    def render(self, out: Console) -> None:
+        if self.metric is not None:
+            gate = "not gated" if self.max_drop is None else f"gate --max-drop {self.max_drop:g}: " + (
+                "ok" if self.passed else "FAILED")
+            out.print(f"int8 vs fp32 on {self.samples} samples: {self.metric} {_num(self.int8)} (fp32 "
+                      f"{_num(self.fp32)}, drop {_num(self.drop)}; {gate})", highlight=False, markup=False,
+                      soft_wrap=True)
+        diffs = ", ".join(f"{name} {'inf' if d is None else format(d, '.3g')}" for name, d in self.max_abs_diff.items())
+        agreement = ", ".join(f"{k} {v:.4f}" for k, v in self.agreement.items())
+        out.print(f"int8: {self.onnx} ({human_bytes(self.size_bytes)})" + (f", agreement with fp32: {agreement}"
+                  if agreement else "") + f", max abs diff to PyTorch: {diffs} (see int8.json)",
+                  highlight=False, markup=False, soft_wrap=True)
+
 
 @dataclass
 class ExportResult:
@@ -96,6 +109,29 @@ class ExportResult:
         if self.latency is not None:
             out["latency"] = dict(self.latency)
         return out
+
+    def render(self, out: Console) -> None:
+        diffs = self.parity.diffs()
+        rows = [[name, diffs[name], "ok" if o["ok"] else "FAIL"] for name, o in self.parity.outputs.items()]
+        out.print(table(f"parity (atol {self.parity.atol:g}, {len(self.parity.shapes)} shapes)",
+                        ["output", "max abs diff", ""], rows))
+        if self.int8 is not None:
+            self.int8.render(out)
+        if self.latency is not None:
+            _render_latency(self.latency, out)
+        out.print(f"written to {self.output_dir}")
+
+
+def _render_latency(report: LatencyReport, out: Console) -> None:
+    rows = [[r["model"], r["runtime"], r["batch_size"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["samples_per_s"]]
+            for r in report["rows"]]
+    out.print(table(f"latency ({report['threads']} threads)", ["model", "runtime", "batch", "p50 ms", "p90 ms",
+                                                                "p99 ms", "samples/s"], rows))
+    for key, who in (("speedup", "student"), ("speedup_int8", "int8 student")):
+        for runtime, by_batch in report.get(key, {}).items():
+            if by_batch:
+                out.print(f"{who} speed-up over teacher, {runtime}: "
+                          + ", ".join(f"batch {b}: {x:.2f}x" for b, x in by_batch.items()))
 
 
 def export_profile(profile: Profile, student_dir: Path | None = None, output: Path | None = None,
@@ -129,33 +165,34 @@ def _export(profile: Profile, student_dir: Path, out: Path, atol: float | None, 
     say = on_event or (lambda message: None)
     classes = job_labels(profile, student_dir)
     student = load_student(profile, student_dir, classes=classes)
-    if getattr(student, "pipeline", 1) is None and profile.teacher is not None and profile.task == "embedding":
-        from kdcli.models.st import read_pipeline  # a student saved without the teacher's pipeline gets it here
-        student.pipeline = read_pipeline(Path(profile.teacher.path))  # type: ignore[attr-defined]
+    teacher_folder = _teacher_folder(profile)  # where a student saved without its pipeline or tokenizer finds it
+    if student.pipeline is None and profile.task.output == "embedding" and teacher_folder:
+        student.pipeline = read_pipeline(teacher_folder)
     student.module.eval()
     view = student.exportable()
     batches = _parity_batches(profile, student)
     tolerance = atol if atol is not None else profile.export.atol
     tolerance = default_atol(student.family) if tolerance is None else tolerance
 
-    say(f"exporting {student_dir} to ONNX (opset {profile.export.opset})")
-    onnx_path = export_onnx(view.module, _ordered(batches[0], view.input_names), out / "model.onnx",
-                            output_names=view.output_names, dynamic_axes=view.dynamic_axes,
-                            opset=profile.export.opset)
-    set_metadata(onnx_path, onnx_metadata(profile.task, classes))
-    write_serving_files(out, profile, student, classes)
+    target = TARGETS["onnx"]  # the one target today
+    say(f"exporting {student_dir} to ONNX (opset {profile.export.onnx.opset})")
+    onnx_path = target.export(view, batches[0], out / target.file, profile.export.onnx,
+                              onnx_metadata(profile.task, classes))
+    if student.tokenizer is None and profile.task.data != "image" and teacher_folder:
+        student.tokenizer = load_tokenizer(teacher_folder)
+    student.write_serving_files(out, classes.names if classes is not None else None, profile.data.image_size)
     say("checking parity in onnxruntime")
-    parity = _parity(view, onnx_path, batches, tolerance)
+    parity = target.validate(view, onnx_path, batches, tolerance)
     atomic_write_json(out / "parity.json", parity.to_json())
     result = ExportResult(output_dir=out, onnx=onnx_path, parity=parity, size_bytes={"onnx": dir_size(onnx_path)})
     if quantize == "int8":
         say("quantizing to int8 and scoring it beside fp32 on the eval data")
-        result.int8 = _int8(profile, student, classes, view, onnx_path, out, batches, max_drop)
+        result.int8 = _int8(target, profile, student, classes, view, onnx_path, out, batches, max_drop)
         result.size_bytes["int8"] = result.int8.size_bytes
     if latency:
         say("measuring latency: teacher vs student, PyTorch vs onnxruntime")
         int8_path = result.int8.onnx if result.int8 is not None else None
-        result.latency = _latency(profile, student, batches[0], onnx_path, out, parity, latency_seconds, int8_path)
+        result.latency = _latency(target, profile, student, batches[0], onnx_path, out, latency_seconds, int8_path)
     write_report(out, parity, result.latency, result.int8)
     if read_facts(student_dir):  # a student kdcli wrote: its card gets the export's numbers
         update_card(student_dir, {"export": _card_facts(result)})
@@ -175,70 +212,18 @@ def _card_facts(result: ExportResult) -> dict[str, Any]:
     return facts
 
 
-def onnx_metadata(task: str, classes: LabelMap | None) -> dict[str, str]:
+def _teacher_folder(profile: Profile) -> Path | None:
+    """The teacher's folder (None without one, or for a timm weights file)."""
+    folder = Path(profile.teacher.path) if profile.teacher is not None else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
+def onnx_metadata(task: Task, classes: LabelMap | None) -> dict[str, str]:
     """What the ONNX file says about itself: the task, and the class name of each output index."""
-    meta = {"task": task, "producer": f"kdcli {kdcli.__version__}"}
+    meta = {"task": task.name, "producer": f"kdcli {kdcli.__version__}"}
     if classes is not None:
         meta["id2label"] = json.dumps({str(i): name for i, name in enumerate(classes.names)})
     return meta
-
-
-def write_serving_files(out: Path, profile: Profile, student: Adapter, classes: LabelMap | None) -> None:
-    """What a server needs beside model.onnx, without kdcli, in the layout optimum's ORTModel classes load:
-    config.json with the job's class names (id2label/label2id), and the tokenizer files, or for images
-    preprocessor_config.json (the input size, mean, std and interpolation kdcli trained and measured with)."""
-    if isinstance(student, HFAdapter):
-        atomic_write_text(out / "config.json", student.config.to_json_string())
-        tokenizer = student.tokenizer or _teacher_tokenizer(profile)
-        if tokenizer is None:
-            raise BadInput(f"{student.path}: no tokenizer beside the student (nor the teacher): the export folder "
-                           "could not turn text into model inputs", hint="save the tokenizer into the student folder")
-        _save_tokenizer(tokenizer, out, student.max_length)
-        return
-    assert isinstance(student, TimmAdapter)
-    source = Path(student.path) / "config.json" if student.path else None
-    config = json.loads(source.read_text(encoding="utf-8")) if source and source.is_file() else {
-        "architecture": student.arch, "num_classes": student.num_labels, "model_args": student.model_args}
-    data = student.data_config
-    channels, size = int(data["input_size"][0]), int(profile.data.image_size or student.image_size)
-    # kdcli resizes the whole image to size x size (bilinear, aspect ratio not kept: timm's "squash"), scales it
-    # to [0, 1] and normalizes. transformers' TimmWrapper (AutoConfig, AutoImageProcessor) and timm's own
-    # create_transform read this pretrained_cfg and preprocess alike.
-    pretrained = {**(config.get("pretrained_cfg") or {}), "input_size": [channels, size, size],
-                  "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash", "mean": list(data["mean"]),
-                  "std": list(data["std"])}
-    pretrained.pop("test_input_size", None)
-    pretrained.pop("test_crop_pct", None)
-    config["pretrained_cfg"] = pretrained
-    if classes is not None:
-        config.update(label_names=list(classes.names), id2label={str(i): n for i, n in enumerate(classes.names)},
-                      label2id=classes.label2id)
-    atomic_write_json(out / "config.json", config)
-    atomic_write_json(out / "preprocessor_config.json", {
-        "image_processor_type": "TimmWrapperImageProcessor", "architecture": student.arch,
-        "pretrained_cfg": pretrained})
-
-
-def _teacher_tokenizer(profile: Profile) -> Any:
-    if profile.teacher is None or not Path(profile.teacher.path).is_dir():
-        return None
-    from kdcli.models.hf import _load_tokenizer
-    return _load_tokenizer(Path(profile.teacher.path))
-
-
-def _save_tokenizer(tokenizer: Any, out: Path, max_length: int | None = None) -> None:
-    """The tokenizer's files into `out`, each one replaced atomically. `max_length`: where the student's
-    pipeline truncates (sentence-transformers' max_seq_length), so a server truncating by the tokenizer agrees."""
-    with tempfile.TemporaryDirectory(dir=out, prefix=".tokenizer-") as tmp:
-        tokenizer.save_pretrained(tmp)
-        if max_length is not None:
-            config_file = Path(tmp) / "tokenizer_config.json"
-            config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-            config["model_max_length"] = max_length
-            config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
-        for file in Path(tmp).iterdir():
-            if file.is_file():
-                os.replace(file, out / file.name)
 
 
 def parity_gate(parity: ParityReport) -> None:
@@ -262,15 +247,6 @@ def _parity_batches(profile: Profile, student: Adapter) -> list[dict[str, Tensor
     return [{k: v for k, v in b.items() if k in ("input_ids", "attention_mask", "pixel_values")} for b in batches]
 
 
-def _ordered(batch: dict[str, Tensor], names: list[str]) -> dict[str, Tensor]:
-    return {name: batch[name] for name in names}
-
-
-def _parity(view: Exportable, onnx_path: Path, batches: list[dict[str, Tensor]], atol: float) -> ParityReport:
-    return check_parity(view.module, onnx_path, [_ordered(b, view.input_names) for b in batches], atol,
-                        view.output_names)
-
-
 def int8_gate(int8: Int8Result | None) -> None:
     """Exit 1 (GateFailed) when --max-drop was given and the int8 model lost more of the metric than that."""
     if int8 is None or int8.passed is not False:
@@ -285,55 +261,36 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _int8(profile: Profile, student: Adapter, classes: LabelMap | None, view: Exportable, onnx_path: Path,
-          out: Path, batches: list[dict[str, Tensor]], max_drop: float | None) -> Int8Result:
-    """Quantize, then score both ONNX files on the eval data (train without eval) as evaluate would."""
-    quantized = quantize_int8(onnx_path, out / "model.int8.onnx")
-    set_metadata(quantized, read_metadata(onnx_path))
-    diffs = check_parity(view.module, quantized, [_ordered(b, view.input_names) for b in batches], 0.0,
-                         view.output_names).diffs()
+def _int8(target: ExportTarget, profile: Profile, student: Adapter, classes: LabelMap | None, view: Exportable,
+          onnx_path: Path, out: Path, batches: list[dict[str, Tensor]], max_drop: float | None) -> Int8Result:
+    """Quantize, then score both files on the eval data (train without eval) as evaluate would."""
+    quantized = target.quantize(onnx_path, out / target.quantized_file)
+    diffs = target.validate(view, quantized, batches, 0.0).diffs()
     result = Int8Result(onnx=quantized, size_bytes=dir_size(quantized), samples=0, metric=None, fp32=None, int8=None,
                         agreement={}, max_abs_diff=diffs, max_drop=max_drop)
     which = "eval" if profile.data.eval else "train" if profile.data.train else None
     if which is not None:
-        labels = profile.task in ("sequence-classification", "image-classification")
-        split = load_split(profile, which, student, labels=labels, classes=classes)
+        split = load_split(profile, which, student, labels=profile.task.has_classes, classes=classes)
         _score_int8(profile, split, onnx_path, quantized, result)
     atomic_write_json(out / "int8.json", result.to_json())
     return result
 
 
 def _score_int8(profile: Profile, split: Split, fp32_path: Path, int8_path: Path, result: Int8Result) -> None:
-    from kdcli.commands.evaluate import onnx_forward
-    from kdcli.metrics import collect, task_metrics
+    from kdcli.commands.evaluate import exported_forward
+    from kdcli.metrics import collect, int8_score, outputs_of
 
-    cpu, size = torch.device("cpu"), profile.train.batch_size
-    fp32, labels = collect(onnx_forward(fp32_path, profile.task), split, size, cpu)
-    int8, _ = collect(onnx_forward(int8_path, profile.task), split, size, cpu)
+    cpu, size, task = torch.device("cpu"), profile.train.batch_size, profile.task
+    fp32, labels = collect(exported_forward(fp32_path, task), split, size, cpu)
+    int8, _ = collect(exported_forward(int8_path, task), split, size, cpu)
+    teacher = load_teacher(profile) if task.output == "embedding" else None  # judged by the cosine to its embeddings
+    target = collect(outputs_of(teacher, task), split, size, cpu)[0] if teacher is not None else None
     result.samples = split.size
-    embedding = profile.task == "embedding"
-    if embedding:
-        result.agreement = {"cosine": torch.nn.functional.cosine_similarity(int8, fp32, dim=-1).mean().item()}
-    else:
-        result.agreement = {"top1": (int8.argmax(-1) == fp32.argmax(-1)).float().mean().item()}
-    if labels is not None and not embedding and profile.task != "masked-lm":
-        result.metric = "accuracy"
-        result.fp32, result.int8 = task_metrics(fp32, labels)["accuracy"], task_metrics(int8, labels)["accuracy"]
-        return
-    teacher = load_teacher(profile) if embedding and profile.teacher is not None else None
-    if teacher is not None:
-        from kdcli.metrics import outputs_of
-        target, _ = collect(outputs_of(teacher, profile.task), split, size, cpu)
-        result.metric = "cosine_to_teacher"
-        result.fp32 = torch.nn.functional.cosine_similarity(fp32, target, dim=-1).mean().item()
-        result.int8 = torch.nn.functional.cosine_similarity(int8, target, dim=-1).mean().item()
-        return
-    name = "cosine" if embedding else "top1"
-    result.metric, result.fp32, result.int8 = f"{name}_to_fp32", 1.0, result.agreement[name]
+    result.agreement, result.metric, result.fp32, result.int8 = int8_score(task, fp32, int8, labels, target)
 
 
-def _latency(profile: Profile, student: Adapter, batch: dict[str, Tensor], onnx_path: Path, out: Path,
-             parity: ParityReport, min_seconds: float = 0.5, int8_path: Path | None = None) -> LatencyReport:
+def _latency(target: ExportTarget, profile: Profile, student: Adapter, batch: dict[str, Tensor], onnx_path: Path,
+             out: Path, min_seconds: float = 0.5, int8_path: Path | None = None) -> LatencyReport:
     """Teacher vs student (and the int8 student, onnxruntime only) at the profile's batch sizes and the data's
     shape."""
     view = student.exportable()
@@ -343,17 +300,16 @@ def _latency(profile: Profile, student: Adapter, batch: dict[str, Tensor], onnx_
         models[INT8] = (None, int8_path)
         sizes[INT8] = dir_size(int8_path)
     teacher = load_teacher(profile) if profile.teacher is not None else None
-    if teacher is not None and teacher.family == student.family:
-        t_view = teacher.exportable()  # apart from the student's folder, which serves on its own
-        t_onnx = export_onnx(t_view.module, _ordered(batch, t_view.input_names), teacher_export(out) / "model.onnx",
-                             output_names=t_view.output_names, dynamic_axes=t_view.dynamic_axes,
-                             opset=profile.export.opset)
+    t_view = teacher.exportable() if teacher is not None else None
+    if teacher is not None and t_view is not None and t_view.input_names == view.input_names:  # the same batches
+        # exported apart from the student's folder, which serves on its own
+        t_onnx = target.export(t_view, batch, teacher_export(out) / target.file, profile.export.onnx)
         models["teacher"] = (t_view.module, t_onnx)
         sizes["teacher"] = dir_size(t_onnx)
     shape = _shape_of(batch, view.shape_key)
     threads = profile.train.threads or torch.get_num_threads() or os.cpu_count() or 1
-    rows = latency_rows(models, lambda size: _synthetic(batch, view.input_names, size), profile.export.batch_sizes,
-                        view.shape_key, shape, threads, min_seconds=min_seconds)
+    rows = target.time(models, lambda size: _synthetic(batch, view.input_names, size), profile.export.batch_sizes,
+                       view.shape_key, shape, threads, min_seconds)
     report = latency_report(rows, threads, sizes)
     chart = plot_png(report, out / "latency.png")
     report["chart"] = str(chart) if chart else None

@@ -7,14 +7,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from kdcli.card import student_facts, update_card
+from kdcli.commands.checkpoints import load_teacher
+from kdcli.console import human_bytes, table
 from kdcli.data.labels import LabelMap, job_labels
 from kdcli.errors import BadInput
-from kdcli.models import Adapter, dir_size, load_teacher
-from kdcli.models.causal_lm import shrink_decoder
-from kdcli.models.hf import HFAdapter
-from kdcli.models.shrink import shrink_timm, shrink_transformer
-from kdcli.models.timm import TimmAdapter, create
+from kdcli.models import Adapter, dir_size
+from kdcli.models.derive import derive_student, fresh_student
 from kdcli.profile import Profile
 from kdcli.runtime.files import check_writable
 
@@ -30,6 +31,16 @@ class InitReport:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def render(self, out: Console) -> None:
+        t, s = self.teacher, self.student
+        rows = [[field, t.get(key), s.get(key)] for field, key in
+                (("architecture", "architecture"), ("layers", "layers"), ("parameters", "params"))]
+        rows.append(["size on disk", human_bytes(t.get("size_bytes")), human_bytes(s.get("size_bytes"))])
+        out.print(table("init-student", ["", "teacher", "student"], rows))
+        if self.layer_map:
+            out.print("student layer ← teacher layer: " + ", ".join(f"{i}←{t_}" for i, t_ in enumerate(self.layer_map)))
+        out.print(f"student written to {self.output_dir} ({self.copied_tensors} tensors copied)")
 
 
 def init_student(profile: Profile, on_event: Callable[[str], None] | None = None,
@@ -49,13 +60,7 @@ def init_student(profile: Profile, on_event: Callable[[str], None] | None = None
     teacher = load_teacher(profile)
     assert teacher is not None
     say("init-student: copying the kept weights")
-    if isinstance(teacher, HFAdapter) and profile.task == "causal-lm":
-        student, layers, copied = shrink_decoder(teacher, init)
-    elif isinstance(teacher, HFAdapter):
-        student, layers, copied = shrink_transformer(teacher, init, profile.task)
-        student.pipeline = teacher.pipeline  # a sentence-transformers teacher's modules, over the student's weights
-    else:
-        student, layers, copied = shrink_timm(teacher, init)
+    student, layers, copied = derive_student(teacher, init)
     classes = job_labels(profile, head=teacher.num_labels)
     _name_classes(student, classes)
     say(f"init-student: saving the student to {out}")
@@ -73,14 +78,14 @@ def init_student(profile: Profile, on_event: Callable[[str], None] | None = None
 def _fresh_student(profile: Profile) -> InitReport:
     """No teacher: a timm architecture with timm's initialisation (a first teacher, or a baseline)."""
     init = profile.student.init
-    if init.architecture in ("same", "distilbert") or profile.task != "image-classification":
+    if init.architecture in ("same", "distilbert") or profile.task.data != "image":
         raise BadInput("init-student needs a teacher (`teacher:`), or a timm architecture to build from scratch",
                        hint="set student.init.architecture: resnet18 and student.init.num_classes")
     # The job's classes size the head when init.num_classes does not: data.classes, else the training data's.
     classes = job_labels(profile, head=init.num_classes) if init.num_classes is None or _named(profile) else None
     count = init.num_classes or (len(classes) if classes is not None else None)
     args = {**init.model_args, **({"num_classes": count} if count else {})}
-    student = TimmAdapter(create(init.architecture, **args).eval(), init.architecture, args)
+    student = fresh_student(init.architecture, args)
     _name_classes(student, classes)
     student.save(profile.student.path)
     update_card(profile.student.path, {**student_facts(profile, student, profile.student.path, classes),
@@ -91,7 +96,7 @@ def _fresh_student(profile: Profile) -> InitReport:
 
 
 def _describe(adapter: Adapter, path: Path | None) -> dict[str, Any]:
-    return {"family": adapter.family, "architecture": type(adapter.module).__name__, "layers": adapter.depth,
+    return {"family": adapter.family, "architecture": adapter.architecture, "layers": adapter.depth,
             "params": adapter.param_count(), "size_bytes": dir_size(path) if path else None,
             "path": str(path) if path else None}
 
@@ -103,10 +108,5 @@ def _named(profile: Profile) -> bool:
 
 def _name_classes(student: Adapter, classes: LabelMap | None) -> None:
     """The job's class names on the new student (saved with it), when its head has one output per class."""
-    if classes is None or student.num_labels != len(classes):
-        return
-    if isinstance(student, TimmAdapter):
+    if classes is not None and student.num_labels == len(classes):
         student.set_classes(classes.names)
-    elif isinstance(student, HFAdapter):
-        student.config.id2label = classes.id2label
-        student.config.label2id = classes.label2id

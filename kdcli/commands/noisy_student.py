@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 
 from kdcli.commands.distill import distill
 from kdcli.commands.init_student import init_student
 from kdcli.commands.pseudo_label import pseudo_label
+from kdcli.console import table
 from kdcli.errors import BadInput
 from kdcli.profile import Profile
 from kdcli.run import Run
@@ -34,6 +36,11 @@ class NoisyStudentResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def render(self, out: Console) -> None:
+        rows = [[r["round"], *(r["eval"].get("metrics", {}).get(k) for k in ("accuracy", "macro_f1")), r["student"]]
+                for r in self.rounds]
+        out.print(table("noisy-student", ["round", "accuracy", "macro_f1", "student"], rows))
 
 
 def noisy_student(profile: Profile, rounds: int, *, resume: bool = False,

@@ -16,12 +16,13 @@ import torch
 from torch import Tensor
 
 from kdcli import data
+from kdcli.commands.checkpoints import load_student, load_teacher
 from kdcli.data.labels import LabelMap, job_labels
 from kdcli.data.lm import read_lm
 from kdcli.data.pseudo import pseudo_split
 from kdcli.data.splits import Split, lm_columns, load_split, map_image_labels, train_and_eval, transfer_split
 from kdcli.errors import BadInput, CheckpointError, DataError
-from kdcli.models import Adapter, load_student, load_teacher
+from kdcli.models import Adapter
 from kdcli.profile import Profile
 
 
@@ -55,24 +56,24 @@ def preflight(profile: Profile, *, for_check: bool = False) -> Preflight:
                               hint="run kdcli init-student first: it derives the student from the teacher there")
     student = load_student(profile, classes=classes) if Path(profile.student.path).exists() or not for_check else None
     reader = teacher if teacher is not None and profile.needs_teacher() else student or teacher
-    if student is not None and getattr(student, "pipeline", 1) is None and getattr(teacher, "pipeline", None):
-        student.pipeline = teacher.pipeline  # type: ignore[union-attr] - the embedding the student learns to give
+    if student is not None and teacher is not None and student.pipeline is None and teacher.pipeline is not None:
+        student.pipeline = teacher.pipeline  # the embedding the student learns to give
     result = Preflight(classes, teacher, student, reader)
     if reader is None:
         _parse_only(profile, classes, result)
         return result
-    causal = profile.task == "causal-lm"
+    task = profile.task
     if profile.data.train or profile.data.transfer or not for_check:
         result.train, result.evalset = train_and_eval(profile, reader, classes)
         result.samples.update(train=result.train.size, **({"eval": result.evalset.size} if result.evalset else {}))
         label_loss = next((s.kind for s in profile.loss_specs() if s.uses_labels), None)
-        if not causal:  # a causal LM's labels are its next tokens
+        if task.data != "lm":  # a causal LM's labels are its next tokens
             data.check_train_labels(result.train, str(profile.data.train or profile.data.transfer),
                                     num_classes=reader.num_labels, needed_by=label_loss,
                                     label_column=profile.data.label_column)
     elif profile.data.eval:
         result.samples["eval"] = load_split(profile, "eval", reader, classes=classes).size
-    if profile.data.pseudo and not causal:  # causal-lm: data.pseudo holds the teacher's completions (training data)
+    if profile.data.pseudo and task.pseudo != "completions":  # completions are training data (distill reads them)
         result.pseudo = pseudo_split(profile, reader)
         result.samples["pseudo"] = result.pseudo[0].size
     result.transfer = transfer_split(profile, reader)  # read as distill reads it: check refuses what distill does
@@ -88,7 +89,7 @@ def preflight(profile: Profile, *, for_check: bool = False) -> Preflight:
 
 def _unlabeled_rows(profile: Profile, reader: Adapter) -> int:
     """data.unlabeled read as pseudo-label reads it: for a causal LM, prompts whose completions are to come."""
-    if profile.task == "causal-lm":
+    if profile.task.pseudo == "completions":
         return len(read_lm(Path(profile.data.unlabeled), lm_columns(profile), prompts_only=True)[: profile.data.limit])
     return load_split(profile, "unlabeled", reader, labels=False).size
 
@@ -132,7 +133,7 @@ def _parse_only(profile: Profile, classes: LabelMap | None, result: Preflight) -
         if source is None:
             continue
         labelled = which in ("train", "eval") and classes is not None
-        if profile.task == "image-classification":
+        if profile.task.data == "image":
             images = data.read_images(source, image_size=d.image_size or 32)
             if labelled and images.labels is not None:
                 map_image_labels(str(source), images, classes)  # type: ignore[arg-type]

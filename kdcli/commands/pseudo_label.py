@@ -16,12 +16,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 
+from kdcli.commands.checkpoints import load_teacher
+from kdcli.console import table
 from kdcli.data.labels import job_labels
 from kdcli.data.splits import Split, load_split
 from kdcli.errors import BadInput, DataError
 from kdcli.metrics import collect
-from kdcli.models import load_teacher
 from kdcli.profile import Profile, PseudoSpec
 from kdcli.run import Run
 from kdcli.runtime.distributed import Session, session, shard
@@ -39,13 +41,19 @@ class PseudoLabelResult:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def render(self, out: Console) -> None:
+        rows = [[name, c["labelled"], c["kept"], c["dropped"], c["in_output"]] for name, c in self.summary.items()]
+        out.print(table(f"pseudo-label: {self.kept} records of {self.total} samples",
+                        ["class", "labelled", "kept", "dropped", "records"], rows))
+        out.print(f"written to {self.output}")
+
 
 def pseudo_label(profile: Profile, input_path: Path | None = None, output: Path | None = None,
                  on_batch: Callable[[int, int], None] | None = None) -> PseudoLabelResult:
     """Label `data.unlabeled` (or input_path) with the teacher; write labels.jsonl."""
-    if profile.task == "causal-lm":
+    if profile.task.pseudo == "completions":
         return _pseudo_lm(profile, input_path, output, on_batch)
-    if profile.task not in ("sequence-classification", "image-classification"):
+    if profile.task.pseudo != "classes":
         raise BadInput(f"pseudo-label needs a classification task; this profile's task is {profile.task}")
     if profile.teacher is None:
         raise BadInput("pseudo-label needs a teacher: the profile has no `teacher:` section")

@@ -26,7 +26,6 @@ from typing import Any
 from kdcli.errors import BadInput, DataError
 from kdcli.profile import Profile
 
-CLASSIFICATION = ("sequence-classification", "image-classification")
 _DEFAULT_NAME = re.compile(r"LABEL_(\d+)")
 
 
@@ -120,7 +119,7 @@ def job_labels(profile: Profile, student_dir: Path | None = None, head: int | No
 
     student_dir: the student checkpoint that decides without a teacher (default student.path); head: the head
     size when the checkpoint cannot tell (init-student, before the student exists)."""
-    if profile.task not in CLASSIFICATION:
+    if not profile.task.has_classes:
         return None
     teacher = profile.teacher
     if teacher is not None:
@@ -128,11 +127,11 @@ def job_labels(profile: Profile, student_dir: Path | None = None, head: int | No
         who = "teacher"
         # A transformers teacher without names keeps its LABEL_i outputs: its order cannot be guessed from data.
         # A timm teacher without names follows the ImageFolder convention: classes are sorted folder names.
-        guess = profile.task == "image-classification"
+        guess = profile.task.data == "image"
     else:
         found, who, guess = peek_classes(Path(student_dir or profile.student.path)), "student", True
     declared = list(profile.data.classes) if profile.data.classes else None
-    return resolve(profile.task, declared=declared, names=found.names, placeholders=found.placeholders,
+    return resolve(declared=declared, names=found.names, placeholders=found.placeholders,
                    head=found.head or head, who=who, data_labels=(lambda: data_labels(profile)) if guess else None)
 
 
@@ -141,7 +140,7 @@ def data_labels(profile: Profile) -> tuple[list[str], bool]:
     (data.eval's without train), as written; for images, the class folders of data.train and data.eval
     together, or the names an .npz file (or sklearn:digits) gives in id order."""
     d = profile.data
-    if profile.task == "image-classification":
+    if profile.task.data == "image":
         from kdcli.data.images import image_class_names
         names: list[str] = []
         for source in (d.train, d.eval):
@@ -162,10 +161,9 @@ def _is_scheme(value: str) -> bool:
     return value.startswith("sklearn:")
 
 
-def resolve(task: str, *, declared: list[str] | None, names: list[str] | None, placeholders: list[str] | None,
-            head: int | None, who: str, data_labels: Callable[[], tuple[list[str], bool]] | None
-            ) -> LabelMap | None:
-    """The job's LabelMap (None for tasks without classes).
+def resolve(*, declared: list[str] | None, names: list[str] | None, placeholders: list[str] | None,
+            head: int | None, who: str, data_labels: Callable[[], tuple[list[str], bool]] | None) -> LabelMap:
+    """The job's LabelMap, for a task with classes.
 
     declared: data.classes; names: the deciding model's own class names (None when it names none);
     placeholders: what it calls its outputs otherwise (LABEL_0, ...); head: its head size (None when it has no
@@ -173,8 +171,6 @@ def resolve(task: str, *, declared: list[str] | None, names: list[str] | None, p
     they are already the names in id order, for names taken from the data (None: never guess them, the
     outputs keep their placeholders).
     """
-    if task not in CLASSIFICATION:
-        return None
     if declared:
         if names and list(names) != list(declared):
             raise BadInput(f"data.classes lists {_short(declared)}, but the {who} names its classes "

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kdcli.data.text import _read_utf8, _text_of
+from kdcli.data.text import read_utf8, text_of
 from kdcli.errors import DataError
 
 LM_SUFFIXES = (".txt", ".jsonl")
@@ -50,14 +50,14 @@ def read_lm(path: Path | str, columns: Columns = Columns(), *, prompts_only: boo
     if path.suffix.lower() not in LM_SUFFIXES:
         raise DataError(f"{path}: causal-lm data must be .txt (one document a line) or .jsonl",
                         hint="jsonl rows hold text, prompt/completion or messages")
-    content = _read_utf8(path)
+    content = read_utf8(path)
     examples = []
     for n, line in enumerate(content.split("\n"), 1):
         if not line.strip():
             continue
         source = f"{path.name}:{n}"
         if path.suffix.lower() == ".txt":
-            text = _text_of(path, n, line.strip())
+            text = text_of(path, n, line.strip())
             examples.append(LmExample(text, None, None, source) if prompts_only else
                             LmExample(None, text, None, source))
         else:
@@ -93,7 +93,7 @@ def _string(path: Path, n: int, row: dict, key: str) -> str:
     if not isinstance(value, str):
         raise DataError(f"{path}, line {n}: '{key}' must be a string, got {type(value).__name__}",
                         hint="a prompt row needs both prompt and completion strings")
-    return _text_of(path, n, value)
+    return text_of(path, n, value)
 
 
 def _messages(path: Path, n: int, value: Any, key: str) -> list[dict]:

@@ -40,7 +40,7 @@ def pseudo_split(profile: Profile, model: Adapter) -> tuple[Split, Tensor]:
     """The pseudo-labelled samples of data.pseudo, and their targets (soft top-k or one-hot)."""
     rows = read_labels(Path(profile.data.pseudo))
     classes = model.num_labels or 1 + max(int(r["label"]) for r in rows)
-    if model.family == "timm":
+    if profile.task.data == "image":
         split = subset(load_split(profile, "unlabeled", model, labels=False), [int(r["id"]) for r in rows])
         stray = next((r for r, source in zip(rows, split.sources) if r.get("source") != source), None)
         if stray is not None:  # ids are positions in data.unlabeled: labels from another file would misalign
@@ -49,10 +49,10 @@ def pseudo_split(profile: Profile, model: Adapter) -> tuple[Split, Tensor]:
                             hint="pseudo-label the same file that data.unlabeled names")
     else:
         examples = [TextExample(text=r["text"], label=None, source=str(r.get("source", r["id"]))) for r in rows]
-        features = tokenize(examples, model.tokenizer, profile.data.max_length)  # type: ignore[attr-defined]
+        features = tokenize(examples, model.tokenizer, profile.data.max_length)
         split = Split(kind="text", size=len(features), lengths=[len(f["input_ids"]) for f in features],
                       features=features, sources=[e.source for e in examples], texts=[e.text for e in examples],
-                      pad_token_id=model.tokenizer.pad_token_id or 0)  # type: ignore[attr-defined]
+                      pad_token_id=model.tokenizer.pad_token_id or 0)
     targets = torch.zeros(len(rows), classes)
     for i, row in enumerate(rows):
         if profile.pseudo.soft:

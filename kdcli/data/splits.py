@@ -9,7 +9,7 @@ run sees the very batches an uninterrupted run would.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from kdcli import data
 from kdcli.data.images import ImageFiles, scan_image_folder
-from kdcli.data.labels import CLASSIFICATION, LabelMap, is_default_names, job_labels
+from kdcli.data.labels import LabelMap, is_default_names, job_labels
 from kdcli.data.lm import Columns, lm_labels, read_lm, tokenize_lm
 from kdcli.errors import DataError
 from kdcli.models import Adapter
@@ -60,11 +60,6 @@ class Split:
             batch["labels"] = self.labels[idx]
         return batch
 
-    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
-                skip: int = 0) -> Iterator[dict[str, Tensor]]:
-        for indices in self.order(batch_size, shuffle=shuffle, seed=seed, epoch=epoch)[skip:]:
-            yield self.collate(indices)
-
 
 def load_split(profile: Profile, which: str, model: Adapter, *, labels: bool = True,
                source: str | Path | None = None, classes: LabelMap | None = None) -> Split:
@@ -76,20 +71,20 @@ def load_split(profile: Profile, which: str, model: Adapter, *, labels: bool = T
     source = source or getattr(profile.data, which)
     if source is None:
         raise DataError(f"data.{which} is not set in the profile", hint=f"add data.{which}: PATH")
-    if labels and classes is None and profile.task in CLASSIFICATION:
-        classes = job_labels(profile, getattr(model, "path", None) if profile.teacher is None else None)
-    if model.family == "timm":
+    if labels and classes is None and profile.task.has_classes:
+        classes = job_labels(profile, model.path if profile.teacher is None else None)
+    if profile.task.data == "image":
         return _image_split(profile, str(source), model, classes if labels else None)
     return _text_split(profile, Path(source), model, classes if labels else None)
 
 
 def _text_split(profile: Profile, path: Path, model: Adapter, classes: LabelMap | None) -> Split:
-    tokenizer = getattr(model, "tokenizer", None)
+    tokenizer = model.tokenizer
     if tokenizer is None:
-        raise DataError(f"{getattr(model, 'path', 'the model')}: no tokenizer beside the checkpoint",
+        raise DataError(f"{model.path or 'the model'}: no tokenizer beside the checkpoint",
                         hint="save the tokenizer into the checkpoint folder (tokenizer.save_pretrained)")
     d = profile.data
-    if profile.task == "causal-lm":
+    if profile.task.data == "lm":
         return _lm_split(profile, path, tokenizer)
     hint = ("the teacher does not name its classes: list them in data.classes, in the order of its outputs"
             if classes is not None and classes.source == "teacher" and is_default_names(classes.names) else None)
@@ -97,10 +92,10 @@ def _text_split(profile: Profile, path: Path, model: Adapter, classes: LabelMap 
                               label_column=d.label_column if classes is not None else None,
                               label2id=classes.label2id if classes is not None else None,
                               limit=d.limit, unknown_hint=hint)
-    pipeline = getattr(model, "pipeline", None) if profile.task == "embedding" else None
+    pipeline = model.pipeline if profile.task.output == "embedding" else None
     if pipeline is not None and pipeline.do_lower_case:  # sentence-transformers lowercases before tokenizing
         examples = [data.TextExample(e.text.lower(), e.label, e.source) for e in examples]
-    limit = getattr(model, "max_length", None)  # a sentence-transformers pipeline's max_seq_length, if any
+    limit = model.max_length  # a sentence-transformers pipeline's max_seq_length, if any
     features = data.tokenize(examples, tokenizer, min(d.max_length, limit) if limit else d.max_length)
     return Split(kind="text", size=len(features), lengths=[len(f["input_ids"]) for f in features],
                  features=features, sources=[e.source for e in examples], texts=[e.text for e in examples],
@@ -126,7 +121,8 @@ def _lm_split(profile: Profile, path: Path, tokenizer: object) -> Split:
 
 
 def _image_split(profile: Profile, source: str, model: Adapter, classes: LabelMap | None) -> Split:
-    config = model.data_config  # type: ignore[attr-defined]
+    config = model.data_config
+    assert config is not None, "image data needs an image model (timm)"
     channels, size = int(config["input_size"][0]), int(config["input_size"][-1])
     if Path(source).is_dir():  # a folder can hold any number of images: decoded per batch
         files, targets, names, sources = scan_image_folder(Path(source), channels, profile.data.image_size or size)

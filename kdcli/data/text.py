@@ -74,11 +74,11 @@ def _rows(path: Path, text_column: str, label_column: str | None, require_labels
     if require_labels and (label_column is None or suffix == ".txt"):
         raise DataError(f"{path}: labels are required but this file cannot carry any",
                         hint="use a .csv, .tsv or .jsonl file and set data.label_column")
-    content = _read_utf8(path)
+    content = read_utf8(path)
     if suffix == ".jsonl":
         rows = _jsonl_rows(path, content, text_column, label_column)
     elif suffix == ".txt":
-        rows = [_Row(n, _text_of(path, n, line.strip()), None, f"{path.name}:{n}")
+        rows = [_Row(n, text_of(path, n, line.strip()), None, f"{path.name}:{n}")
                 for n, line in enumerate(content.split("\n"), 1) if line.strip()]
     else:
         rows = _table_rows(path, content, suffix == ".tsv", text_column, label_column, require_labels)
@@ -103,11 +103,12 @@ def _dataset_rows(path: Path, text_column: str, label_column: str | None, requir
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}, line {line}: empty or non-string text in column '{text_column}'",
                             hint="give every row a non-empty string text, or filter the dataset")
-        rows.append(_Row(line, _text_of(path, line, text.strip()), label, f"{path.name}:{line}"))
+        rows.append(_Row(line, text_of(path, line, text.strip()), label, f"{path.name}:{line}"))
     return rows
 
 
-def _read_utf8(path: Path) -> str:
+def read_utf8(path: Path) -> str:
+    """A data file's text: refused with one DataError when missing, a folder, or not UTF-8."""
     if not path.exists():
         raise DataError(f"{path}: no such file", hint="check the path (and the working directory)")
     if path.is_dir():
@@ -180,7 +181,7 @@ def _table_rows(path: Path, content: str, tsv: bool, text_column: str, label_col
                     else f"a quote opened on line {line} closes on line {end}: is one missing?" if end > line
                     else "quote fields that contain commas")
             raise DataError(f"{path}, line {line}: {len(row)} fields, the header has {len(header)}", hint=hint)
-        text = _text_of(path, line, row[ti].strip())
+        text = text_of(path, line, row[ti].strip())
         if not text:
             raise DataError(f"{path}, line {line}: empty text in column '{text_column}'",
                             hint="fill in the text or remove the row")
@@ -212,11 +213,12 @@ def _jsonl_rows(path: Path, content: str, text_column: str, label_column: str | 
                             hint="give every row a non-empty string text")
         source = str(obj["id"]) if obj.get("id") is not None else f"{path.name}:{line}"
         label = obj.get(label_column) if label_column is not None else None
-        rows.append(_Row(line, _text_of(path, line, text.strip()), label, source))
+        rows.append(_Row(line, text_of(path, line, text.strip()), label, source))
     return rows
 
 
-def _text_of(path: Path, line: int, text: str) -> str:
+def text_of(path: Path, line: int, text: str) -> str:
+    """One example's text, refused (naming file and line) when longer than kdcli reads."""
     if len(text) > MAX_TEXT_CHARS:
         raise DataError(f"{path}, line {line}: a text of {len(text):,} characters; kdcli reads at most "
                         f"{MAX_TEXT_CHARS:,}", hint="split it into shorter examples (a model sees at most "

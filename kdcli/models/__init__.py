@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from kdcli.models.base import Adapter, Outputs, dir_size, mean_pool
-from kdcli.models.load import detect_source, load_model, load_student, load_teacher
+from kdcli.models.load import detect_source, load_model, load_tokenizer
+from kdcli.models.st import read_pipeline
 
-__all__ = ["Adapter", "Outputs", "detect_source", "dir_size", "load_model", "load_student", "load_teacher",
-           "mean_pool"]
+__all__ = ["Adapter", "Outputs", "detect_source", "dir_size", "load_model", "load_tokenizer", "mean_pool",
+           "read_pipeline"]

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-# What a loss may ask of a model's forward pass; adapters compute only the fields asked for.
-NEEDS = frozenset({"logits", "hidden_states", "attentions", "attention_scores", "features", "embedding"})
+if TYPE_CHECKING:
+    from kdcli.models.st import Pipeline
 
 
 @dataclass
@@ -25,15 +26,6 @@ class Outputs:
     attention_mask: Tensor | None = None
     topk: tuple[Tensor, Tensor] | None = None       # causal-lm sparse cache: ids [N, k], log-probs [N, k + 1]
 
-    def detach(self) -> Outputs:
-        def d(x: Any) -> Any:
-            if isinstance(x, Tensor):
-                return x.detach()
-            if isinstance(x, tuple):
-                return tuple(t.detach() for t in x)
-            return x
-        return Outputs(**{k: d(v) for k, v in self.__dict__.items()})
-
 
 @dataclass
 class Exportable:
@@ -45,10 +37,15 @@ class Exportable:
 
 
 class Adapter(ABC):
-    """Wraps one nn.Module from one ecosystem (transformers, timm)."""
+    """Wraps one nn.Module from one ecosystem (transformers, timm). Commands ask the adapter, never which
+    library a model came from."""
 
     family: str
     module: nn.Module
+    path: Path | None = None                # the folder (or file) it was loaded from
+    tokenizer: Any = None                   # text models: what turns their data into input_ids
+    pipeline: Pipeline | None = None        # embeddings: a sentence-transformers folder's pooling/normalize
+    data_config: dict[str, Any] | None = None  # images: timm's input_size, mean, std, interpolation
 
     @property
     @abstractmethod
@@ -75,8 +72,32 @@ class Adapter(ABC):
     def exportable(self) -> Exportable:
         """The bare model as ONNX wants it: named tensor inputs in, named tensor outputs out."""
 
+    @abstractmethod
+    def write_serving_files(self, out: Path, classes: Sequence[str] | None, image_size: int | None = None) -> None:
+        """What serves model.onnx in `out` without kdcli, in the layout optimum's ORTModel classes load: config.json
+        with the class names, and the tokenizer files or the image preprocessing (at `image_size`)."""
+
     @property
     def num_labels(self) -> int | None:
+        return None
+
+    @property
+    def architecture(self) -> str:
+        """The model's class name (BertForSequenceClassification, ResNet, ...)."""
+        return type(self.module).__name__
+
+    def set_classes(self, names: Sequence[str]) -> None:
+        """Name the head's outputs, saved with the model (one name per output)."""
+        raise NotImplementedError(f"{self.family} models have no class names")
+
+    @property
+    def cut_depth(self) -> int | None:
+        """The layers student.init.layers picks from, where check can tell before init-student cuts (else None)."""
+        return None
+
+    @property
+    def max_length(self) -> int | None:
+        """The longest input the model takes, where it says so (a sentence-transformers max_seq_length)."""
         return None
 
     @property

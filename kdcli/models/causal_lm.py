@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import copy
 import re
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedModel
 
 from kdcli.errors import BadInput, CheckpointError
-from kdcli.losses.layermap import select_layers
 from kdcli.models.hf import HFAdapter
+from kdcli.models.layers import select_layers
 from kdcli.models.shrink import renumber_layers
-from kdcli.profile import StudentInit
+
+if TYPE_CHECKING:
+    from kdcli.profile import StudentInit  # models/ imports no profile/ at run time
 
 DECODER_LAYER_KEY = re.compile(r"(model\.layers|transformer\.h)\.(\d+)\.")
 # Config fields holding one entry per layer: kept in step with the layers themselves.
@@ -55,7 +58,7 @@ def shrink_decoder(teacher: HFAdapter, init: StudentInit) -> tuple[HFAdapter, li
     state = renumber_layers(model.state_dict(), layers, DECODER_LAYER_KEY)
     student.load_state_dict(state, strict=True)
     student.tie_weights()
-    return HFAdapter(student.eval(), teacher.tokenizer, "causal-lm"), layers, len(state)
+    return HFAdapter(student.eval(), teacher.tokenizer, teacher.task), layers, len(state)
 
 
 # --- vocabularies --------------------------------------------------------------------------------------

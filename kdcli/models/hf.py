@@ -2,37 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
 import torch
+import transformers
 from torch import Tensor, nn
-from transformers import (
-    AttentionInterface,
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-)
+from transformers import AttentionInterface, AutoConfig, AutoTokenizer, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from kdcli.errors import CheckpointError
+from kdcli.errors import BadInput, CheckpointError
 from kdcli.models.base import Adapter, Exportable, Outputs, mean_pool
 from kdcli.models.st import Pipeline, read_pipeline
-from kdcli.runtime.files import atomic_path
+from kdcli.runtime.files import atomic_path, atomic_write_text
+from kdcli.tasks import Task, task_named
 
-AUTO_CLASSES = {
-    "sequence-classification": AutoModelForSequenceClassification,
-    "masked-lm": AutoModelForMaskedLM,
-    "embedding": AutoModel,
-    "causal-lm": AutoModelForCausalLM,
-}
-PER_TOKEN_TASKS = ("masked-lm", "causal-lm")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 
@@ -74,11 +63,11 @@ def record_attention_scores() -> Iterator[list[Tensor]]:
 class HFAdapter(Adapter):
     family = "transformers"
 
-    def __init__(self, model: PreTrainedModel, tokenizer: object | None, task: str, path: Path | None = None,
+    def __init__(self, model: PreTrainedModel, tokenizer: object | None, task: Task | str, path: Path | None = None,
                  pipeline: Pipeline | None = None) -> None:
         self.module = model
         self.tokenizer = tokenizer
-        self.task = task
+        self.task = task_named(task)
         self.path = path
         self.pipeline = pipeline  # a sentence-transformers folder's pooling/normalize: the embedding it returns
         self._attention = "sdpa"
@@ -92,18 +81,26 @@ class HFAdapter(Adapter):
     def depth(self) -> int:
         return int(getattr(self.config, "num_hidden_layers", None) or self.config.n_layers)
 
+    @property
+    def cut_depth(self) -> int:
+        return self.depth
+
     def width(self, index: int) -> int:
         return int(getattr(self.config, "hidden_size", None) or self.config.dim)
 
     @property
     def num_labels(self) -> int | None:
-        return self.config.num_labels if self.task == "sequence-classification" else None
+        return self.config.num_labels if self.task.has_classes else None
 
     @property
     def label_names(self) -> list[str] | None:
         if self.num_labels is None:
             return None
         return [str(self.config.id2label.get(i, i)) for i in range(self.num_labels)]
+
+    def set_classes(self, names: Sequence[str]) -> None:
+        self.config.id2label = dict(enumerate(names))
+        self.config.label2id = {name: i for i, name in enumerate(names)}
 
     def label2id(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in (self.config.label2id or {}).items()}
@@ -118,14 +115,15 @@ class HFAdapter(Adapter):
     def forward(self, batch: dict[str, Tensor], needs: frozenset[str] = frozenset({"logits"})) -> Outputs:
         self.use_attention(needs | ({"attentions"} if self._attention == "eager" else set()))
         mask = batch.get("attention_mask")
-        want_hidden = bool({"hidden_states", "embedding"} & needs) and self.task != "embedding"
-        extra = {"use_cache": False} if self.task == "causal-lm" else {}
+        pooled = self.task.output == "embedding"  # the base model: its last_hidden_state is the pooling's input
+        want_hidden = bool({"hidden_states", "embedding"} & needs) and not pooled
+        extra = {"use_cache": False} if self.task.causal else {}
         with record_attention_scores() as scores:
             out = self.module(input_ids=batch["input_ids"], attention_mask=mask,
                               output_hidden_states=want_hidden or "hidden_states" in needs,
                               output_attentions="attentions" in needs, **extra)
         hidden = tuple(out.hidden_states or ())
-        last = out.last_hidden_state if self.task == "embedding" else (hidden[-1] if hidden else None)
+        last = out.last_hidden_state if pooled else (hidden[-1] if hidden else None)
         logits = getattr(out, "logits", None)
         if logits is not None and self.vocab_limit is not None:
             logits = logits[..., : self.vocab_limit]
@@ -140,36 +138,46 @@ class HFAdapter(Adapter):
 
     def embed(self, last_hidden: Tensor, mask: Tensor | None) -> Tensor:
         """The sentence embedding: the pipeline's pooling (and normalization), mean pooling without one."""
-        if self.pipeline is not None and self.task == "embedding":
+        if self.pipeline is not None and self.task.output == "embedding":
             return self.pipeline.embed(last_hidden, mask)
         return mean_pool(last_hidden, mask)
 
     @property
     def max_length(self) -> int | None:
         """The longest input the model's pipeline takes (sentence-transformers' max_seq_length), if it says."""
-        return self.pipeline.max_seq_length if self.pipeline is not None and self.task == "embedding" else None
+        return self.pipeline.max_seq_length if self.pipeline is not None and self.task.output == "embedding" else None
 
     def exportable(self) -> Exportable:
-        axes = {"input_ids": {0: "batch_size", 1: "sequence_length"},
-                "attention_mask": {0: "batch_size", 1: "sequence_length"}}
-        if self.task == "embedding":  # the token states, and the sentence embedding as the pipeline makes it
-            outputs = ["last_hidden_state", "sentence_embedding"]
-            axes.update(last_hidden_state={0: "batch_size", 1: "sequence_length"},
-                        sentence_embedding={0: "batch_size"})
-        else:
-            outputs = ["logits"]
-            axes["logits"] = ({0: "batch_size", 1: "sequence_length"} if self.task in PER_TOKEN_TASKS
-                              else {0: "batch_size"})
-        bare = _Bare(self, outputs, causal=self.task == "causal-lm")
-        return Exportable(bare, ["input_ids", "attention_mask"], outputs, axes, "seq_len")
+        inputs, outputs = list(self.task.onnx_inputs), list(self.task.onnx_outputs)
+        tokens = {0: "batch_size", 1: "sequence_length"}
+        # Per-token outputs (and the token states beside a sentence embedding) vary in length; pooled ones don't.
+        axes = {name: dict(tokens) for name in inputs} | {
+            name: dict(tokens) if self.task.per_token or name == "last_hidden_state" else {0: "batch_size"}
+            for name in outputs}
+        bare = _Bare(self, outputs, causal=self.task.causal)
+        return Exportable(bare, inputs, outputs, axes, "seq_len")
 
     def save(self, directory: Path) -> None:
         with atomic_path(Path(directory)) as tmp:
             self.module.save_pretrained(tmp, safe_serialization=True)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
-            if self.pipeline is not None and self.task == "embedding":
+            if self.pipeline is not None and self.task.output == "embedding":
                 self.pipeline.for_width(self.width(0)).write(tmp)
+
+    def write_serving_files(self, out: Path, classes: Sequence[str] | None, image_size: int | None = None) -> None:
+        """config.json (its id2label already the job's classes) and the tokenizer's files."""
+        atomic_write_text(out / "config.json", self.config.to_json_string())
+        if self.tokenizer is None:
+            raise BadInput(f"{self.path}: no tokenizer beside the student (nor the teacher): the export folder "
+                           "could not turn text into model inputs", hint="save the tokenizer into the student folder")
+        with tempfile.TemporaryDirectory(dir=out, prefix=".tokenizer-") as tmp:  # each file replaced atomically
+            self.tokenizer.save_pretrained(tmp)  # type: ignore[attr-defined]
+            if self.max_length is not None:  # truncate where the pipeline does, so a server agrees with the student
+                _set_max_length(Path(tmp) / "tokenizer_config.json", self.max_length)
+            for file in Path(tmp).iterdir():
+                if file.is_file():
+                    os.replace(file, out / file.name)
 
     def example_batch(self, batch_size: int = 2, seq_len: int = 8) -> dict[str, Tensor]:
         generator = torch.Generator().manual_seed(0)
@@ -177,6 +185,12 @@ class HFAdapter(Adapter):
         mask = torch.ones_like(ids)
         mask[1:, seq_len // 2:] = 0
         return {"input_ids": ids, "attention_mask": mask}
+
+
+def _set_max_length(config_file: Path, max_length: int) -> None:
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    config["model_max_length"] = max_length
+    config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
 class _Bare(nn.Module):
@@ -197,22 +211,22 @@ class _Bare(nn.Module):
         return out.last_hidden_state, self.embed(out.last_hidden_state, attention_mask)
 
 
-def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head: bool = False,
+def load_hf(path: Path, task: Task | str, num_labels: int | None = None, allow_new_head: bool = False,
             classes: Sequence[str] | None = None) -> HFAdapter:
     """Load a local save_pretrained folder for `task`; never runs remote code, never touches a hub.
 
     `classes` names the outputs of a classification head; a new head (allow_new_head) gets one per class.
     """
-    path = Path(path)
+    path, task = Path(path), task_named(task)
     _check_folder(path)
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for a bad config
         raise CheckpointError(f"{path}/config.json: cannot read the model config: {_first_line(exc)}",
                               hint="the folder should come from save_pretrained()") from None
-    kwargs = {"num_labels": num_labels} if num_labels and task == "sequence-classification" else {}
+    kwargs = {"num_labels": num_labels} if num_labels and task.has_classes else {}
     trained_head = any("ForSequenceClassification" in str(a) for a in getattr(config, "architectures", None) or [])
-    if classes and task == "sequence-classification":
+    if classes and task.has_classes:
         if trained_head and config.num_labels != len(classes):
             raise CheckpointError(f"{path}: its classification head has {config.num_labels} outputs, and the job "
                                   f"has {len(classes)} classes ({_names(classes)})",
@@ -222,7 +236,7 @@ def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head
         config.label2id = {name: i for i, name in enumerate(classes)}
         kwargs = {}
     try:
-        model, info = AUTO_CLASSES[task].from_pretrained(
+        model, info = auto_class(path, task).from_pretrained(
             path, config=config, local_files_only=True, trust_remote_code=False, attn_implementation="sdpa",
             output_loading_info=True, **kwargs)
     except ValueError as exc:
@@ -251,7 +265,16 @@ def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head
         raise CheckpointError(f"{path}: the checkpoint lacks weights the {task} model needs: {', '.join(missing[:4])}",
                               hint="a teacher must be trained for its task; check the profile's `task`")
     model.eval()
-    return HFAdapter(model, _load_tokenizer(path), task, path, read_pipeline(path) if task == "embedding" else None)
+    pipeline = read_pipeline(path) if task.output == "embedding" else None
+    return HFAdapter(model, load_tokenizer(path), task, path, pipeline)
+
+
+def auto_class(path: Path, task: Task) -> type:
+    """The transformers Auto class the task declares."""
+    if task.hf_class is None:
+        raise CheckpointError(f"{path}: a {task} model does not load from a transformers folder",
+                              hint="set teacher.source to the library the task's models come from (timm)")
+    return getattr(transformers, task.hf_class)
 
 
 def _names(classes: Sequence[str], limit: int = 6) -> str:
@@ -297,7 +320,8 @@ def _check_folder(path: Path) -> None:
                               hint="save the model with model.save_pretrained(folder)")
 
 
-def _load_tokenizer(path: Path) -> object | None:
+def load_tokenizer(path: Path) -> object | None:
+    """The tokenizer saved in a folder (None without its files)."""
     files = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json")
     if not any((path / name).is_file() for name in files):
         return None

@@ -4,32 +4,29 @@ from __future__ import annotations
 
 import copy
 import re
+from typing import TYPE_CHECKING
 
 import torch
+import transformers
 from torch import nn
-from transformers import (
-    DistilBertConfig,
-    DistilBertForMaskedLM,
-    DistilBertForSequenceClassification,
-    DistilBertModel,
-    PreTrainedModel,
-)
+from transformers import DistilBertConfig, PreTrainedModel
 
 from kdcli.errors import BadInput
-from kdcli.losses.layermap import select_layers
 from kdcli.models.hf import HFAdapter
+from kdcli.models.layers import select_layers
 from kdcli.models.timm import TimmAdapter, create
-from kdcli.profile import StudentInit
+from kdcli.tasks import Task
+
+if TYPE_CHECKING:
+    from kdcli.profile import StudentInit  # models/ imports no profile/ at run time
 
 LAYER_KEY = re.compile(r"(encoder\.layer|blocks)\.(\d+)\.")
-DISTILBERT_CLASSES = {"sequence-classification": DistilBertForSequenceClassification,
-                      "masked-lm": DistilBertForMaskedLM, "embedding": DistilBertModel}
 
 
 # --- transformers -------------------------------------------------------------------------------
 
 
-def shrink_transformer(teacher: HFAdapter, init: StudentInit, task: str) -> tuple[HFAdapter, list[int], int]:
+def shrink_transformer(teacher: HFAdapter, init: StudentInit, task: Task) -> tuple[HFAdapter, list[int], int]:
     model = teacher.module
     if not hasattr(model.base_model, "encoder") or not hasattr(model.base_model.encoder, "layer"):
         raise BadInput(f"init-student: {type(model).__name__} is not a BERT-style encoder (no encoder.layer list)",
@@ -86,7 +83,7 @@ def _same_arch(model: PreTrainedModel, state: dict, depth: int, drop: list[str])
     return student
 
 
-def _to_distilbert(model: PreTrainedModel, state: dict, depth: int, task: str) -> PreTrainedModel:
+def _to_distilbert(model: PreTrainedModel, state: dict, depth: int, task: Task) -> PreTrainedModel:
     """A BERT teacher as a DistilBERT student, renaming tensors as HF's extract_distilbert.py does."""
     c = model.config
     if c.model_type != "bert":
@@ -100,11 +97,13 @@ def _to_distilbert(model: PreTrainedModel, state: dict, depth: int, task: str) -
         id2label=c.id2label, label2id=c.label2id)
     prefix = _base_prefix(model)
     _fold_token_types(state, prefix)  # DistilBERT has no token-type table: type 0 lives in the positions
-    target = "distilbert." if task != "embedding" else ""
+    if task.distilbert_class is None:
+        raise BadInput(f"architecture: distilbert has no {task} model", hint="use architecture: same")
+    target = "distilbert." if task.output != "embedding" else ""  # the bare DistilBertModel has no prefix
     new = {target + _distil_name(k[len(prefix):]): v for k, v in state.items()
            if k.startswith(prefix) and _distil_name(k[len(prefix):])}
     new.update(_distil_head(state, task))
-    student = DISTILBERT_CLASSES[task](config)
+    student = getattr(transformers, task.distilbert_class)(config)
     missing, unexpected = student.load_state_dict(new, strict=False)
     if unexpected:
         raise BadInput(f"init-student: cannot place teacher tensors in DistilBERT: {unexpected[:3]}")
@@ -130,14 +129,15 @@ def _distil_name(name: str) -> str | None:
     return None
 
 
-def _distil_head(state: dict, task: str) -> dict[str, torch.Tensor]:
+def _distil_head(state: dict, task: Task) -> dict[str, torch.Tensor]:
     pairs = {
-        "sequence-classification": [("bert.pooler.dense.", "pre_classifier."), ("classifier.", "classifier.")],
-        "masked-lm": [("cls.predictions.transform.dense.", "vocab_transform."),
+        "DistilBertForSequenceClassification": [("bert.pooler.dense.", "pre_classifier."),
+                                                ("classifier.", "classifier.")],
+        "DistilBertForMaskedLM": [("cls.predictions.transform.dense.", "vocab_transform."),
                       ("cls.predictions.transform.LayerNorm.", "vocab_layer_norm."),
                       ("cls.predictions.decoder.weight", "vocab_projector.weight"),
                       ("cls.predictions.bias", "vocab_projector.bias")],
-    }.get(task, [])
+    }.get(task.distilbert_class or "", [])
     return {key.replace(old, new, 1): value for old, new in pairs for key, value in state.items()
             if key.startswith(old)}
 

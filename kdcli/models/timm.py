@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from kdcli.errors import CheckpointError
 from kdcli.models.base import Adapter, Exportable, Outputs
-from kdcli.runtime.files import atomic_path
+from kdcli.runtime.files import atomic_path, atomic_write_json
 
 
 class TimmAdapter(Adapter):
@@ -88,6 +88,30 @@ class TimmAdapter(Adapter):
                 config["label_names"] = self.class_names
             save_for_hf(self.module, str(tmp), model_config=config, model_args=self.model_args,
                         safe_serialization=True)
+
+    def write_serving_files(self, out: Path, classes: Sequence[str] | None, image_size: int | None = None) -> None:
+        """config.json (timm's, with the job's class names) and preprocessor_config.json: the input size, mean,
+        std and interpolation kdcli trained and measured with."""
+        source = Path(self.path) / "config.json" if self.path else None
+        config = json.loads(source.read_text(encoding="utf-8")) if source and source.is_file() else {
+            "architecture": self.arch, "num_classes": self.num_labels, "model_args": self.model_args}
+        channels, size = int(self.data_config["input_size"][0]), int(image_size or self.image_size)
+        # kdcli resizes the whole image to size x size (bilinear, aspect ratio not kept: timm's "squash"), scales it
+        # to [0, 1] and normalizes. transformers' TimmWrapper (AutoConfig, AutoImageProcessor) and timm's own
+        # create_transform read this pretrained_cfg and preprocess alike.
+        pretrained = {**(config.get("pretrained_cfg") or {}), "input_size": [channels, size, size],
+                      "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash",
+                      "mean": list(self.data_config["mean"]), "std": list(self.data_config["std"])}
+        pretrained.pop("test_input_size", None)
+        pretrained.pop("test_crop_pct", None)
+        config["pretrained_cfg"] = pretrained
+        if classes is not None:
+            config.update(label_names=list(classes), id2label={str(i): n for i, n in enumerate(classes)},
+                          label2id={n: i for i, n in enumerate(classes)})
+        atomic_write_json(out / "config.json", config)
+        atomic_write_json(out / "preprocessor_config.json", {
+            "image_processor_type": "TimmWrapperImageProcessor", "architecture": self.arch,
+            "pretrained_cfg": pretrained})
 
     def example_batch(self, batch_size: int = 2) -> dict[str, Tensor]:
         generator = torch.Generator().manual_seed(0)

@@ -37,11 +37,6 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
 
 
-def unlink_quietly(p: Path) -> None:
-    with contextlib.suppress(OSError):
-        p.unlink()
-
-
 def short_error(e: BaseException, limit: int = 400) -> str:
     """One line for an exception, at most ``limit`` characters."""
     text = f"{type(e).__name__}: {e}".strip()

@@ -11,6 +11,7 @@ from kdcli.profile.schema import (
                                   ExportSpec,
                                   LossSpec,
                                   NoiseSpec,
+                                  OnnxSpec,
                                   Profile,
                                   PseudoSpec,
                                   StageSpec,
@@ -21,5 +22,5 @@ from kdcli.profile.schema import (
 )
 
 __all__ = ["LOSS_KINDS", "AugmentSpec", "CeSpec", "DataSpec", "DistillSpec", "ExportSpec", "LossSpec", "NoiseSpec",
-           "Profile", "PseudoSpec", "StageSpec", "StudentInit", "StudentSpec", "TeacherSpec", "TrainSpec", "printable",
-           "apply_override", "load_profile", "profile_json"]
+           "OnnxSpec", "Profile", "PseudoSpec", "StageSpec", "StudentInit", "StudentSpec", "TeacherSpec", "TrainSpec",
+           "printable", "apply_override", "load_profile", "profile_json"]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from kdcli.errors import ProfileDeprecation
 from kdcli.losses.specs import LOSS_SPECS, CeSpec, LossSpecBase, Strict
+from kdcli.tasks import Task
 
 COUNT_MAX = 2**31 - 1  # counts beyond this overflow the C ints they reach (torch, tokenizers)
 CLASSES_MAX = 1_000_000
@@ -173,10 +176,30 @@ class TrainSpec(Strict):
         default_factory=list, description="experiment trackers fed every metrics.jsonl record")
 
 
-class ExportSpec(Strict):
+class OnnxSpec(Strict):
+    """What only the ONNX target reads (kdcli/onnx/target.py)."""
+
     opset: int = Field(18, ge=13, le=23)
+
+
+class ExportSpec(Strict):
+    """What every export target reads (parity tolerance, latency batch sizes), and each target's own section."""
+
     batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = [1, 8, 32]
     atol: float | None = Field(None, ge=0.0)
+    onnx: OnnxSpec = OnnxSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_fields(cls, data: Any) -> Any:
+        # export.opset moved under export.onnx: an older profile still loads, and says so once.
+        if isinstance(data, dict) and "opset" in data:
+            data = dict(data)
+            onnx = data.get("onnx") if isinstance(data.get("onnx"), dict) else {}
+            data["onnx"] = {"opset": data.pop("opset"), **onnx}
+            warnings.warn("export.opset has moved to export.onnx.opset (read from the old place for now)",
+                          ProfileDeprecation, stacklevel=2)
+        return data
 
 
 class PseudoSpec(Strict):
@@ -194,7 +217,8 @@ class PseudoSpec(Strict):
 
 class Profile(Strict):
     name: str = Field(min_length=1, max_length=200)
-    task: Literal["sequence-classification", "image-classification", "masked-lm", "embedding", "causal-lm"]
+    task: Task = Field(description="a declared task (kdcli/tasks): sequence-classification | image-classification | "
+                                   "masked-lm | embedding | causal-lm")
     teacher: TeacherSpec | None = None
     student: StudentSpec
     data: DataSpec = DataSpec()

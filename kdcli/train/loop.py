@@ -198,8 +198,7 @@ def _augment(job: Job, stage: StageSpec) -> Augment | None:
     if (spec.mixup or spec.cutmix) and any(loss.kind == "dkd" for loss in stage.losses):
         raise BadInput("train.augment mixup/cutmix turns labels into mixed soft targets, and loss 'dkd' reads "
                        "hard labels", hint="use ce and hinton with mixup/cutmix, or turn them off")
-    tokenizer = getattr(reader, "tokenizer", None)
-    config = getattr(reader, "data_config", None) or {}
+    tokenizer, config = reader.tokenizer, reader.data_config or {}
     return consistent_augment(
         spec, mask_token_id=getattr(tokenizer, "mask_token_id", None),
         special=(lambda batch: special_tokens(batch, tokenizer)) if tokenizer is not None else None,
@@ -229,7 +228,7 @@ def _teacher_cache(job: Job, state: TrainState, split: Split, teacher_needs: fro
                        hint="set train.cache_teacher: false (consistent augmentation needs the live teacher)")
 
     def build() -> TeacherCache | SparseLogitCache:
-        if job.profile.task == "causal-lm":
+        if job.profile.task.cache == "sparse":
             return SparseLogitCache.load_or_build(job.teacher, split, state.losses, cfg.batch_size,
                                                   job.session.device, path, cfg.cache_topk)
         return TeacherCache.load_or_build(job.teacher, split, teacher_needs, state.losses, cfg.batch_size,

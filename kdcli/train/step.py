@@ -89,8 +89,7 @@ class StudentStep(nn.Module):
         noise = self.profile.train.noise
         if not (noise.token_mask or noise.randaugment):
             return batch
-        tokenizer = getattr(self.reader, "tokenizer", None)
-        config = getattr(self.reader, "data_config", None) or {}
+        tokenizer, config = self.reader.tokenizer, self.reader.data_config or {}
         special = special_tokens(batch, tokenizer) if tokenizer is not None and "input_ids" in batch else None
         return add_noise(batch, noise, mask_token_id=getattr(tokenizer, "mask_token_id", None), special=special,
                          mean=config.get("mean"), std=config.get("std"), generator=generator)

@@ -133,7 +133,7 @@ class _MLflow:
         self.mlflow.end_run()
 
 
-def plot_metrics(metrics: Path, path: Path) -> Path | None:
+def plot_metrics(records: Iterable[dict[str, Any]], path: Path) -> Path | None:
     """metrics.png: each loss term and each eval metric over steps. None without matplotlib or data."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -142,7 +142,7 @@ def plot_metrics(metrics: Path, path: Path) -> Path | None:
         return None
     collected = _Collect()
     tracker = Tracker([collected])
-    for record in _read(metrics):
+    for record in records:
         tracker.log(record)
     losses = {k: v for k, v in collected.series.items() if k == "loss" or k.startswith("loss/")}
     evals = {k: v for k, v in collected.series.items() if k.startswith("eval/") and "/agreement/" not in k}
@@ -178,15 +178,3 @@ class _Collect:
 
     def close(self) -> None:
         pass
-
-
-def _read(metrics: Path) -> list[dict[str, Any]]:
-    if not metrics.is_file():
-        return []
-    records = []
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue  # a torn last line of a killed run
-    return records

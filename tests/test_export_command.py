@@ -18,9 +18,9 @@ import torch
 from typer.testing import CliRunner
 
 from kdcli.cli import app
+from kdcli.commands.checkpoints import load_student
 from kdcli.commands.init_student import init_student
 from kdcli.data.splits import load_split
-from kdcli.models import load_student
 from kdcli.profile import load_profile
 
 FAST = ["--latency-seconds", "0"]
