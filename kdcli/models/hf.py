@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -21,7 +22,7 @@ from transformers import (
 )
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from kdcli.errors import CheckpointError
+from kdcli.errors import BadInput, CheckpointError
 from kdcli.models.base import Adapter, Exportable, Outputs, mean_pool
 from kdcli.models.st import Pipeline, read_pipeline
 from kdcli.runtime.files import atomic_path
@@ -81,7 +82,11 @@ class HFAdapter(Adapter):
         self.task = task
         self.path = path
         self.pipeline = pipeline  # a sentence-transformers folder's pooling/normalize: the embedding it returns
-        self._attention = "sdpa"
+        # the kernel it was loaded with (sdpa where the class has it, else eager): the one used when no loss
+        # asks for attention maps
+        self._base_attention = getattr(model.config, "_attn_implementation", None) or "eager"
+        self._attention = self._base_attention
+        self.save_dtype: torch.dtype | None = None  # fp16/bf16: the teacher's dtype, restored when saved
         self.vocab_limit: int | None = None  # causal-lm: logits cut to the vocabulary shared with the other model
 
     @property
@@ -109,8 +114,14 @@ class HFAdapter(Adapter):
         return {str(k): int(v) for k, v in (self.config.label2id or {}).items()}
 
     def use_attention(self, needs: frozenset[str]) -> None:
-        """Switch to the attention kernel that can give what the losses need (sdpa when nothing)."""
-        wanted = SCORES_ATTENTION if "attention_scores" in needs else "eager" if "attentions" in needs else "sdpa"
+        """Switch to the attention kernel that can give what the losses need (the loaded one when nothing)."""
+        wanted = (SCORES_ATTENTION if "attention_scores" in needs else "eager" if "attentions" in needs
+                  else self._base_attention)
+        if wanted == SCORES_ATTENTION and not getattr(self.module, "_supports_attention_backend", False):
+            raise BadInput(f"attention_mse needs pre-softmax attention scores, and {type(self.module).__name__} "
+                           "computes its attention in its own code (no transformers attention interface to "
+                           "record them from)",
+                           hint="use hidden_mse / hidden_cosine on this model, or attentions (post-softmax)")
         if wanted != self._attention:
             self.module.set_attn_implementation(wanted)
             self._attention = wanted
@@ -165,7 +176,17 @@ class HFAdapter(Adapter):
 
     def save(self, directory: Path) -> None:
         with atomic_path(Path(directory)) as tmp:
-            self.module.save_pretrained(tmp, safe_serialization=True)
+            if self.save_dtype is None:
+                self.module.save_pretrained(tmp, safe_serialization=True)
+            else:  # a cast copy of the weights: the live model stays fp32
+                state = {k: v.to(self.save_dtype) if v.is_floating_point() else v
+                         for k, v in self.module.state_dict().items()}
+                config_dtype = self.module.config.dtype
+                self.module.config.dtype = self.save_dtype
+                try:
+                    self.module.save_pretrained(tmp, safe_serialization=True, state_dict=state)
+                finally:
+                    self.module.config.dtype = config_dtype
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
             if self.pipeline is not None and self.task == "embedding":
@@ -205,11 +226,13 @@ def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head
     """
     path = Path(path)
     _check_folder(path)
+    _refuse_remote_code(path, task)
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for a bad config
         raise CheckpointError(f"{path}/config.json: cannot read the model config: {_first_line(exc)}",
                               hint="the folder should come from save_pretrained()") from None
+    saved_dtype = half_dtype(config)  # trained in fp32 (on CPU, fp16 has no kernels), saved back as it came
     kwargs = {"num_labels": num_labels} if num_labels and task == "sequence-classification" else {}
     trained_head = any("ForSequenceClassification" in str(a) for a in getattr(config, "architectures", None) or [])
     if classes and task == "sequence-classification":
@@ -223,7 +246,8 @@ def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head
         kwargs = {}
     try:
         model, info = AUTO_CLASSES[task].from_pretrained(
-            path, config=config, local_files_only=True, trust_remote_code=False, attn_implementation="sdpa",
+            path, config=config, local_files_only=True, trust_remote_code=False, dtype=torch.float32,
+            attn_implementation=default_attention(config, task),
             output_loading_info=True, **kwargs)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
@@ -251,7 +275,39 @@ def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head
         raise CheckpointError(f"{path}: the checkpoint lacks weights the {task} model needs: {', '.join(missing[:4])}",
                               hint="a teacher must be trained for its task; check the profile's `task`")
     model.eval()
-    return HFAdapter(model, _load_tokenizer(path), task, path, read_pipeline(path) if task == "embedding" else None)
+    adapter = HFAdapter(model, _load_tokenizer(path), task, path, read_pipeline(path) if task == "embedding" else None)
+    adapter.save_dtype = saved_dtype
+    return adapter
+
+
+def half_dtype(config: object) -> torch.dtype | None:
+    """fp16 or bf16 when the checkpoint's config says its weights are saved so, else None (fp32)."""
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    return dtype if dtype in (torch.float16, torch.bfloat16) else None
+
+
+def _refuse_remote_code(path: Path, task: str) -> None:
+    """A config with auto_map needs the folder's own Python code, which kdcli never runs: name the class."""
+    try:
+        auto_map = json.loads((path / "config.json").read_text()).get("auto_map")
+    except (OSError, ValueError, AttributeError):
+        return  # AutoConfig names what is wrong with the file
+    if not isinstance(auto_map, dict) or not auto_map:
+        return
+    name = str(auto_map.get(AUTO_CLASSES[task].__name__) or next(iter(auto_map.values())))
+    raise CheckpointError(f"{path}/config.json: cannot read the model config: {name} is code shipped in the "
+                          "checkpoint folder (trust_remote_code), which kdcli never runs",
+                          hint="use a model whose architecture transformers ships (or a port of it to one)")
+
+
+def default_attention(config: object, task: str) -> str:
+    """sdpa where the model class implements it, else eager (DeBERTa-v2): chosen without the user."""
+    try:
+        model_class = AUTO_CLASSES[task]._model_mapping[type(config)]
+    except KeyError:
+        return "sdpa"  # no such head: from_pretrained says so
+    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
 
 
 def _names(classes: Sequence[str], limit: int = 6) -> str:
