@@ -225,6 +225,9 @@ def load_hf(path: Path, task: str, num_labels: int | None = None, allow_new_head
     `classes` names the outputs of a classification head; a new head (allow_new_head) gets one per class.
     """
     path = Path(path)
+    if task not in AUTO_CLASSES:  # ViTForImageClassification and alike: kdcli's image pipeline is timm's
+        raise CheckpointError(f"{path}: {task} reads transformers checkpoints not yet (kdcli's images go through "
+                              "timm models)", hint="use a timm model (teacher.source: timm), e.g. a timm ViT")
     _check_folder(path)
     _refuse_remote_code(path, task)
     try:
