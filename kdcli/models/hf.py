@@ -187,6 +187,7 @@ class HFAdapter(Adapter):
                     self.module.save_pretrained(tmp, safe_serialization=True, state_dict=state)
                 finally:
                     self.module.config.dtype = config_dtype
+                _record_dtype(tmp / "config.json", self.save_dtype)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
             if self.pipeline is not None and self.task == "embedding":
@@ -288,6 +289,13 @@ def half_dtype(config: object) -> torch.dtype | None:
     dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
     return dtype if dtype in (torch.float16, torch.bfloat16) else None
+
+
+def _record_dtype(config_file: Path, dtype: torch.dtype) -> None:
+    """save_pretrained writes the live (fp32) parameters' dtype; the file holds `dtype` weights: say so."""
+    config = json.loads(config_file.read_text())
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _refuse_remote_code(path: Path, task: str) -> None:
