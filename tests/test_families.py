@@ -228,3 +228,15 @@ def test_models_doc_lists_the_matrix() -> None:
     assert sorted(rows) == sorted(FAMILIES)
     for family in REFUSED:
         assert "refused" in rows[family], family
+
+
+def test_attention_scores_refused_where_the_model_computes_its_own_attention(tmp_path: Path, one_thread: None
+                                                                            ) -> None:
+    """DeBERTa-v2 (eager, disentangled attention in its own code): attention_mse is one clear exit 2."""
+    spec = profile("deberta-v2", tmp_path)
+    spec["distill"]["losses"].append({"kind": "attention_mse", "layers": "uniform"})
+    path = write(spec, tmp_path)
+    assert cli("init-student", path, "--json")[0] == 0
+    code, result = cli("distill", path, "--json", "--quiet")
+    assert code == 2, result
+    assert "DebertaV2ForSequenceClassification computes its attention in its own code" in result["error"]

@@ -176,17 +176,10 @@ class HFAdapter(Adapter):
 
     def save(self, directory: Path) -> None:
         with atomic_path(Path(directory)) as tmp:
-            if self.save_dtype is None:
-                self.module.save_pretrained(tmp, safe_serialization=True)
-            else:  # a cast copy of the weights: the live model stays fp32
-                state = {k: v.to(self.save_dtype) if v.is_floating_point() else v
-                         for k, v in self.module.state_dict().items()}
-                config_dtype = self.module.config.dtype
-                self.module.config.dtype = self.save_dtype
-                try:
-                    self.module.save_pretrained(tmp, safe_serialization=True, state_dict=state)
-                finally:
-                    self.module.config.dtype = config_dtype
+            state = None if self.save_dtype is None else {  # a cast copy: the live model stays fp32
+                k: v.to(self.save_dtype) if v.is_floating_point() else v for k, v in self.module.state_dict().items()}
+            self.module.save_pretrained(tmp, safe_serialization=True, state_dict=state)
+            if self.save_dtype is not None:
                 _record_dtype(tmp / "config.json", self.save_dtype)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
