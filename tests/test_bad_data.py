@@ -72,7 +72,7 @@ TEXT_CASES = {
     "label id out of range": ("train.tsv", tsv(LABELLED + ["meh film\t7"]), [": unknown label '7' (line 8)"]),
     "mixed encodings": ("train.tsv", tsv(LABELLED) + "café crème\t1\n".encode("latin-1"),
                         [", line 8: not valid UTF-8 (byte 0xe9)"]),
-    "utf-16": ("train.tsv", "sentence\tlabel\nthe film\t0\n".encode("utf-16"), [", line 1: not valid UTF-8"]),
+    "utf-16": ("train.tsv", "sentence\tlabel\nthe film\t0\n".encode("utf-16"), ["UTF-16LE text", "iconv -f utf-16le"]),
     "over-long tsv line": ("train.tsv", tsv(LABELLED + ["good " * 40_000 + "\t1"]),
                            [", line 8: a field longer than 131,072 characters"]),
     "over-long csv line": ("train.csv", ("sentence,label\n" + "the film,0\n" * 3 + '"' + "good " * 30_000

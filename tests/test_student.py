@@ -91,9 +91,13 @@ def test_same_architecture_keeps_its_pooler(write_profile, bert_encoder):
         init_student(profile_for(write_profile, bert_encoder, task="embedding", drop=["pooler"]))
 
 
-def test_unsupported_family(write_profile, distilbert_cls):
-    with pytest.raises(BadInput, match="not a BERT-style encoder"):
-        init_student(profile_for(write_profile, distilbert_cls))
+def test_distilbert_blocks_found_and_absent_token_types_left_alone(write_profile, distilbert_cls):
+    report = init_student(profile_for(write_profile, distilbert_cls, layers=[1], drop=["token_type_embeddings"]))
+    teacher = AutoModelForSequenceClassification.from_pretrained(distilbert_cls).state_dict()
+    student = AutoModelForSequenceClassification.from_pretrained(report.output_dir)
+    assert student.config.n_layers == 1 and report.layer_map == [1]
+    for key, value in student.state_dict().items():
+        assert torch.equal(value, teacher[key.replace("layer.0.", "layer.1.")]), key
 
 
 def test_timm_vit_blocks_subset_loads_with_timm_alone(write_profile, timm_vit):

@@ -1,44 +1,27 @@
 """Decoder language models: init-student's layer cutting for decoders, and the vocabulary rules.
 
-Llama, Qwen2, SmolLM (Llama) keep their blocks in `model.layers`, GPT-2 in `transformer.h`; every other tensor
-(embeddings, final norm, lm_head) is copied as it is, so tied embeddings stay tied (Minitron's depth pruning).
+The blocks are found from the module tree (kdcli.models.blocks: Llama's `model.layers`, GPT-2's `transformer.h`,
+GPT-NeoX's `gpt_neox.layers`); every other tensor (embeddings, final norm, lm_head) is copied as it is, so tied
+embeddings stay tied (Minitron's depth pruning).
 """
 
 from __future__ import annotations
 
-import copy
-import re
 from typing import TYPE_CHECKING
 
-import torch
-from transformers import PreTrainedModel
-
 from kdcli.errors import BadInput, CheckpointError
+from kdcli.models.blocks import cut_model, require_stack
 from kdcli.models.hf import HFAdapter
 from kdcli.models.layers import select_layers
-from kdcli.models.shrink import renumber_layers
 
 if TYPE_CHECKING:
     from kdcli.profile import StudentInit  # models/ imports no profile/ at run time
-
-DECODER_LAYER_KEY = re.compile(r"(model\.layers|transformer\.h)\.(\d+)\.")
-# Config fields holding one entry per layer: kept in step with the layers themselves.
-PER_LAYER_FIELDS = ("layer_types",)
-
-
-def decoder_blocks(model: PreTrainedModel) -> torch.nn.ModuleList | None:
-    """The decoder's list of blocks, or None for a model kdcli cannot cut."""
-    base = model.base_model
-    blocks = getattr(base, "layers", None) or getattr(base, "h", None)
-    return blocks if isinstance(blocks, torch.nn.ModuleList) else None
 
 
 def shrink_decoder(teacher: HFAdapter, init: StudentInit) -> tuple[HFAdapter, list[int], int]:
     """A student keeping the chosen decoder layers, renumbered 0..k-1 and copied bit for bit."""
     model = teacher.module
-    if decoder_blocks(model) is None:
-        raise BadInput(f"init-student: {type(model).__name__} has no decoder block list (model.layers or "
-                       "transformer.h) to cut", hint="causal-lm teachers supported: Llama, Qwen2, SmolLM, GPT-2")
+    require_stack(model)
     if init.architecture != "same":
         raise BadInput(f"student.init.architecture: '{init.architecture}' is not a decoder target",
                        hint="use same (the teacher's architecture with fewer layers)")
@@ -46,19 +29,10 @@ def shrink_decoder(teacher: HFAdapter, init: StudentInit) -> tuple[HFAdapter, li
         raise BadInput(f"student.init.drop: {init.drop} applies to BERT-style encoders, not decoders",
                        hint="remove student.init.drop")
     layers = select_layers(init.layers, teacher.depth)
-    config = copy.deepcopy(model.config)
-    for name in PER_LAYER_FIELDS:
-        values = getattr(config, name, None)
-        if isinstance(values, list) and len(values) == teacher.depth:
-            setattr(config, name, [values[i] for i in layers])
-    if getattr(config, "max_window_layers", None) is not None:  # Qwen2: layers below this index use full attention
-        config.max_window_layers = sum(1 for i in layers if i < config.max_window_layers)
-    config.num_hidden_layers = len(layers)  # GPT-2 maps this onto n_layer
-    student = type(model)(config)
-    state = renumber_layers(model.state_dict(), layers, DECODER_LAYER_KEY)
-    student.load_state_dict(state, strict=True)
-    student.tie_weights()
-    return HFAdapter(student.eval(), teacher.tokenizer, teacher.task), layers, len(state)
+    student = cut_model(model, layers)
+    adapter = HFAdapter(student.eval(), teacher.tokenizer, teacher.task)
+    adapter.save_dtype = teacher.save_dtype
+    return adapter, layers, len(student.state_dict())
 
 
 # --- vocabularies --------------------------------------------------------------------------------------

@@ -70,7 +70,11 @@ class HFAdapter(Adapter):
         self.task = task_named(task)
         self.path = path
         self.pipeline = pipeline  # a sentence-transformers folder's pooling/normalize: the embedding it returns
-        self._attention = "sdpa"
+        # the kernel it was loaded with (sdpa where the class has it, else eager): the one used when no loss
+        # asks for attention maps
+        self._base_attention = getattr(model.config, "_attn_implementation", None) or "eager"
+        self._attention = self._base_attention
+        self.save_dtype: torch.dtype | None = None  # fp16/bf16: the teacher's dtype, restored when saved
         self.vocab_limit: int | None = None  # causal-lm: logits cut to the vocabulary shared with the other model
 
     @property
@@ -106,8 +110,14 @@ class HFAdapter(Adapter):
         return {str(k): int(v) for k, v in (self.config.label2id or {}).items()}
 
     def use_attention(self, needs: frozenset[str]) -> None:
-        """Switch to the attention kernel that can give what the losses need (sdpa when nothing)."""
-        wanted = SCORES_ATTENTION if "attention_scores" in needs else "eager" if "attentions" in needs else "sdpa"
+        """Switch to the attention kernel that can give what the losses need (the loaded one when nothing)."""
+        wanted = (SCORES_ATTENTION if "attention_scores" in needs else "eager" if "attentions" in needs
+                  else self._base_attention)
+        if wanted == SCORES_ATTENTION and not getattr(self.module, "_supports_attention_backend", False):
+            raise BadInput(f"attention_mse needs pre-softmax attention scores, and {type(self.module).__name__} "
+                           "computes its attention in its own code (no transformers attention interface to "
+                           "record them from)",
+                           hint="use hidden_mse / hidden_cosine on this model, or attentions (post-softmax)")
         if wanted != self._attention:
             self.module.set_attn_implementation(wanted)
             self._attention = wanted
@@ -159,7 +169,11 @@ class HFAdapter(Adapter):
 
     def save(self, directory: Path) -> None:
         with atomic_path(Path(directory)) as tmp:
-            self.module.save_pretrained(tmp, safe_serialization=True)
+            state = None if self.save_dtype is None else {  # a cast copy: the live model stays fp32
+                k: v.to(self.save_dtype) if v.is_floating_point() else v for k, v in self.module.state_dict().items()}
+            self.module.save_pretrained(tmp, safe_serialization=True, state_dict=state)
+            if self.save_dtype is not None:
+                _record_dtype(tmp / "config.json", self.save_dtype)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
             if self.pipeline is not None and self.task.output == "embedding":
@@ -218,12 +232,15 @@ def load_hf(path: Path, task: Task | str, num_labels: int | None = None, allow_n
     `classes` names the outputs of a classification head; a new head (allow_new_head) gets one per class.
     """
     path, task = Path(path), task_named(task)
+    auto = auto_class(path, task)
     _check_folder(path)
+    _refuse_remote_code(path, auto)
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for a bad config
         raise CheckpointError(f"{path}/config.json: cannot read the model config: {_first_line(exc)}",
                               hint="the folder should come from save_pretrained()") from None
+    saved_dtype = half_dtype(config)  # trained in fp32 (on CPU, fp16 has no kernels), saved back as it came
     kwargs = {"num_labels": num_labels} if num_labels and task.has_classes else {}
     trained_head = any("ForSequenceClassification" in str(a) for a in getattr(config, "architectures", None) or [])
     if classes and task.has_classes:
@@ -236,8 +253,9 @@ def load_hf(path: Path, task: Task | str, num_labels: int | None = None, allow_n
         config.label2id = {name: i for i, name in enumerate(classes)}
         kwargs = {}
     try:
-        model, info = auto_class(path, task).from_pretrained(
-            path, config=config, local_files_only=True, trust_remote_code=False, attn_implementation="sdpa",
+        model, info = auto.from_pretrained(
+            path, config=config, local_files_only=True, trust_remote_code=False, dtype=torch.float32,
+            attn_implementation=default_attention(config, auto),
             output_loading_info=True, **kwargs)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
@@ -266,15 +284,54 @@ def load_hf(path: Path, task: Task | str, num_labels: int | None = None, allow_n
                               hint="a teacher must be trained for its task; check the profile's `task`")
     model.eval()
     pipeline = read_pipeline(path) if task.output == "embedding" else None
-    return HFAdapter(model, load_tokenizer(path), task, path, pipeline)
+    adapter = HFAdapter(model, load_tokenizer(path), task, path, pipeline)
+    adapter.save_dtype = saved_dtype
+    return adapter
 
 
 def auto_class(path: Path, task: Task) -> type:
     """The transformers Auto class the task declares."""
-    if task.hf_class is None:
-        raise CheckpointError(f"{path}: a {task} model does not load from a transformers folder",
-                              hint="set teacher.source to the library the task's models come from (timm)")
+    if task.hf_class is None:  # image-classification: kdcli's image pipeline goes through timm models
+        raise CheckpointError(f"{path}: {task} reads transformers checkpoints not yet (kdcli's images go through "
+                              "timm models)", hint="use a timm model (teacher.source: timm), e.g. a timm ViT")
     return getattr(transformers, task.hf_class)
+
+
+def half_dtype(config: object) -> torch.dtype | None:
+    """fp16 or bf16 when the checkpoint's config says its weights are saved so, else None (fp32)."""
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    return dtype if dtype in (torch.float16, torch.bfloat16) else None
+
+
+def _record_dtype(config_file: Path, dtype: torch.dtype) -> None:
+    """save_pretrained writes the live (fp32) parameters' dtype; the file holds `dtype` weights: say so."""
+    config = json.loads(config_file.read_text())
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _refuse_remote_code(path: Path, auto: type) -> None:
+    """A config with auto_map needs the folder's own Python code, which kdcli never runs: name the class."""
+    try:
+        auto_map = json.loads((path / "config.json").read_text()).get("auto_map")
+    except (OSError, ValueError, AttributeError):
+        return  # AutoConfig names what is wrong with the file
+    if not isinstance(auto_map, dict) or not auto_map:
+        return
+    name = str(auto_map.get(auto.__name__) or next(iter(auto_map.values())))
+    raise CheckpointError(f"{path}/config.json: cannot read the model config: {name} is code shipped in the "
+                          "checkpoint folder (trust_remote_code), which kdcli never runs",
+                          hint="use a model whose architecture transformers ships (or a port of it to one)")
+
+
+def default_attention(config: object, auto: type) -> str:
+    """sdpa where the model class implements it, else eager (DeBERTa-v2): chosen without the user."""
+    try:
+        model_class = auto._model_mapping[type(config)]  # type: ignore[attr-defined]
+    except KeyError:
+        return "sdpa"  # no such head: from_pretrained says so
+    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
 
 
 def _names(classes: Sequence[str], limit: int = 6) -> str:

@@ -12,6 +12,7 @@ from torch import nn
 from transformers import DistilBertConfig, PreTrainedModel
 
 from kdcli.errors import BadInput
+from kdcli.models.blocks import cut_model, renumber_layers, require_stack
 from kdcli.models.hf import HFAdapter
 from kdcli.models.layers import select_layers
 from kdcli.models.timm import TimmAdapter, create
@@ -20,75 +21,63 @@ from kdcli.tasks import Task
 if TYPE_CHECKING:
     from kdcli.profile import StudentInit  # models/ imports no profile/ at run time
 
-LAYER_KEY = re.compile(r"(encoder\.layer|blocks)\.(\d+)\.")
+BLOCKS_KEY = re.compile(r"^(blocks)\.(\d+)\.")  # timm's ViT/DeiT blocks
 
 
 # --- transformers -------------------------------------------------------------------------------
 
 
 def shrink_transformer(teacher: HFAdapter, init: StudentInit, task: Task) -> tuple[HFAdapter, list[int], int]:
+    """An encoder student: the teacher's class with the chosen layers, or a BERT teacher as DistilBERT."""
     model = teacher.module
-    if not hasattr(model.base_model, "encoder") or not hasattr(model.base_model.encoder, "layer"):
-        raise BadInput(f"init-student: {type(model).__name__} is not a BERT-style encoder (no encoder.layer list)",
-                       hint="transformers teachers supported: BERT, RoBERTa and alike; or build the student yourself")
     layers = select_layers(init.layers, teacher.depth)
-    state = renumber_layers(model.state_dict(), layers)
     if init.architecture == "distilbert":
-        student = _to_distilbert(model, state, len(layers), task)
+        student = _to_distilbert(model, layers, task)
     elif init.architecture == "same":
-        student = _same_arch(model, state, len(layers), init.drop)
+        student = _same_arch(model, layers, init.drop)
     else:
         raise BadInput(f"student.init.architecture: '{init.architecture}' is not a transformers target",
                        hint="use same or distilbert")
-    copied = len(student.state_dict())
-    return HFAdapter(student.eval(), teacher.tokenizer, task), layers, copied
+    adapter = HFAdapter(student.eval(), teacher.tokenizer, task)
+    adapter.save_dtype = teacher.save_dtype
+    return adapter, layers, len(student.state_dict())
 
 
-def renumber_layers(state: dict[str, torch.Tensor], layers: list[int], pattern: re.Pattern[str] = LAYER_KEY
-                    ) -> dict[str, torch.Tensor]:
-    """Keep the chosen layers, renumbered 0..k-1; everything else as it is (cloned). `pattern` finds a
-    key's layer list and index (groups 1 and 2): BERT's encoder.layer, timm's blocks, decoders' layers."""
-    kept: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        match = pattern.search(key)
-        if match is None:
-            kept[key] = value.clone()
-        elif int(match[2]) in layers:
-            new_index = layers.index(int(match[2]))
-            kept[key[: match.start()] + f"{match[1]}.{new_index}." + key[match.end():]] = value.clone()
-    return kept
+def _fold_token_types(state: dict[str, torch.Tensor], prefix: str) -> bool:
+    """Add the type-0 row to the position table: equal outputs on single-segment input, one table less.
+    False when the model has no token-type table (DistilBERT, ModernBERT, DeBERTa-v2): nothing to fold."""
+    types_key = f"{prefix}embeddings.token_type_embeddings.weight"
+    positions_key = f"{prefix}embeddings.position_embeddings.weight"
+    if types_key not in state or positions_key not in state:
+        return False
+    types = state[types_key]
+    state[positions_key] = state[positions_key] + types[0]  # new tensors: the teacher's stay as they are
+    state[types_key] = torch.zeros_like(types[:1])
+    return True
 
 
-def _fold_token_types(state: dict[str, torch.Tensor], prefix: str) -> None:
-    """Add the type-0 row to the position table: equal outputs on single-segment input, one table less."""
-    types = state[f"{prefix}embeddings.token_type_embeddings.weight"]
-    state[f"{prefix}embeddings.position_embeddings.weight"] += types[0]
-    state[f"{prefix}embeddings.token_type_embeddings.weight"] = torch.zeros_like(types[:1])
-
-
-def _same_arch(model: PreTrainedModel, state: dict, depth: int, drop: list[str]) -> PreTrainedModel:
-    config = copy.deepcopy(model.config)
-    config.num_hidden_layers = depth
+def _same_arch(model: PreTrainedModel, layers: list[int], drop: list[str]) -> PreTrainedModel:
+    config, state = model.config, dict(model.state_dict())
     prefix = _base_prefix(model)
-    if "token_type_embeddings" in drop:
-        _fold_token_types(state, prefix)
+    if "token_type_embeddings" in drop and _fold_token_types(state, prefix):
+        config = copy.deepcopy(config)
         config.type_vocab_size = 1
     if "pooler" in drop and any(k.startswith(f"{prefix}pooler.") for k in state):
         # The config cannot record a missing pooler: from_pretrained would re-create it at random.
         raise BadInput("student.init.drop: a same-architecture student keeps its pooler "
                        "(transformers re-creates a dropped one when the model loads)",
                        hint="drop only token_type_embeddings, or use architecture: distilbert (no pooler)")
-    student = type(model)(config)
-    student.load_state_dict(state, strict=True)
-    return student
+    return cut_model(model, layers, state, config)
 
 
-def _to_distilbert(model: PreTrainedModel, state: dict, depth: int, task: Task) -> PreTrainedModel:
+def _to_distilbert(model: PreTrainedModel, layers: list[int], task: Task) -> PreTrainedModel:
     """A BERT teacher as a DistilBERT student, renaming tensors as HF's extract_distilbert.py does."""
     c = model.config
     if c.model_type != "bert":
         raise BadInput(f"architecture: distilbert converts BERT teachers; this one is '{c.model_type}'",
                        hint="use architecture: same")
+    depth = len(layers)
+    state = renumber_layers(model.state_dict(), layers, require_stack(model).key_pattern())
     config = DistilBertConfig(
         vocab_size=c.vocab_size, max_position_embeddings=c.max_position_embeddings, n_layers=depth,
         n_heads=c.num_attention_heads, dim=c.hidden_size, hidden_dim=c.intermediate_size,
@@ -159,7 +148,7 @@ def shrink_timm(teacher: TimmAdapter, init: StudentInit) -> tuple[TimmAdapter, l
         layers = select_layers(init.layers, len(blocks))
         args = {**teacher.model_args, **init.model_args, "depth": len(layers)}
         student = create(teacher.arch, **args)
-        state = renumber_layers(model.state_dict(), layers)
+        state = renumber_layers(model.state_dict(), layers, BLOCKS_KEY)
         student.load_state_dict(state, strict=True)
         return TimmAdapter(student.eval(), teacher.arch, args, class_names=teacher.class_names), layers, len(state)
     args = {k: v for k, v in teacher.model_args.items() if k in ("num_classes", "img_size", "in_chans")}

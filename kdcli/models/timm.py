@@ -30,6 +30,7 @@ class TimmAdapter(Adapter):
         self.class_names = class_names
         self.data_config = timm.data.resolve_data_config({}, model=model)
         size = model_args.get("img_size")
+        size = size[-1] if isinstance(size, (list, tuple)) else size  # timm takes 32 or (32, 32)
         if size:  # a model built for small images: its pretrained_cfg still says 224
             self.data_config["input_size"] = (self.data_config["input_size"][0], size, size)
 
