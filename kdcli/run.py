@@ -81,18 +81,22 @@ class Run:
     def noisy_state(self) -> Path:
         return self.root / "noisy-student.json"
 
+    @property
+    def caches(self) -> Path:
+        return self.root / "cache"
+
     def teacher_cache(self, stage: int) -> Path:
-        return self.root / "cache" / f"teacher-{stage}.pt"
+        return self.caches / f"teacher-{stage}.pt"
 
     def transfer_cache(self, stage: int) -> Path:
-        return self.root / "cache" / f"transfer-{stage}.pt"
+        return self.caches / f"transfer-{stage}.pt"
 
     def replaced_by_distill(self) -> list[Path]:
         """What `distill --force` removes: what a distill run writes here, and the reports on its student
         (eval.json, export/), which would describe a student that no longer exists. Nothing else: not the
         pseudo-labels (an input of distill), not the noisy-student rounds, not a file kdcli did not write."""
         return [self.lock_file, self.student, self.best, self.checkpoint.parent, self.metrics, self.metrics_chart,
-                self.root / "cache", self.root / "tensorboard", self.root / "mlruns", self.eval_report, self.export]
+                self.caches, self.root / "tensorboard", self.root / "mlruns", self.eval_report, self.export]
 
     def round(self, r: int) -> Run:
         return Run(self.root / f"round-{r}")

@@ -62,3 +62,22 @@ def test_padding_bound_losses_are_refused(write_profile, bert_cls, sst_tiny):
     init_student(load_profile(path))
     with pytest.raises(BadInput, match="cache_teacher cannot serve hidden_mse"):
         distill(load_profile(path))
+
+
+def test_a_fresh_run_never_reads_an_earlier_runs_cache(write_profile, bert_cls, sst_tiny):
+    """An earlier run's cache/ (its checkpoints gone, so the next run is fresh) held other losses' outputs:
+    the fresh run builds its own, and trains as a run in an empty folder does."""
+    spec = {"name": "c", "task": "sequence-classification", "teacher": {"path": str(bert_cls)},
+            "student": {"path": "init", "init": {"layers": [0, 3]}},
+            "data": {"train": str(sst_tiny), "max_length": 16},
+            "distill": {"losses": [{"kind": "hinton"}]},
+            "train": {"max_steps": 3, "batch_size": 8, "lr": 1e-3, "seed": 1, "cache_teacher": True},
+            "output": "reused"}
+    init_student(load_profile(write_profile(spec, "init.yaml")))
+    distill(load_profile(write_profile(spec, "first.yaml")))
+    import shutil
+    shutil.rmtree(write_profile(spec, "first.yaml").parent / "reused" / "checkpoints")
+    spec["distill"]["losses"] = [{"kind": "hinton"}, {"kind": "hidden_cosine", "layers": {2: 4}}]
+    second = _run(write_profile, {**spec, "output": "reused"}, True, "reused")
+    fresh = _run(write_profile, spec, True, "fresh")
+    _assert_same(second, fresh, atol=1e-6)

@@ -176,6 +176,8 @@ def _open_run(job: Job, resume: bool) -> dict[str, Any] | None:
             lock["classes"] = job.classes.to_json()
         atomic_write_text(run.lock_file, yaml.safe_dump(lock, sort_keys=False))
         run.metrics.unlink(missing_ok=True)
+        # A teacher cache holds what an earlier run's losses read: only --resume may trust it.
+        remove_owned([run.caches], job.profile.inputs())
     barrier(job.session.world)
     return None
 
