@@ -21,7 +21,7 @@ from kdcli.tasks import TASKS, Task, task_named
 BUILT_IN = ["sequence-classification", "image-classification", "masked-lm", "embedding", "causal-lm"]
 
 
-def _profile(task: str) -> dict:
+def _profile(task: object) -> dict:
     return {"name": "job", "task": task, "student": {"path": "s"}, "output": "o"}
 
 
@@ -35,6 +35,12 @@ def test_the_built_in_tasks_are_declared_and_profiles_accept_them():
 def test_an_unknown_task_names_the_known_ones():
     with pytest.raises(ValueError, match="unknown task 'regression'.*causal-lm"):
         Profile.model_validate(_profile("regression"))
+
+
+@pytest.mark.parametrize("value", [[], {"a": 1}, 3])
+def test_a_task_that_is_not_a_name_is_a_validation_error(value: object):
+    with pytest.raises(ValueError, match="unknown task"):
+        Profile.model_validate(_profile(value))
 
 
 def test_a_task_is_declared_once():

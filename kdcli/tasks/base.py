@@ -80,11 +80,11 @@ class Task:
         return None
 
 
-def task_named(name: str | Task) -> Task:
+def task_named(name: object) -> Task:
     """The declared task of that name (a Task passes through)."""
     if isinstance(name, Task):
         return name
     try:
-        return TASKS[name]
+        return TASKS[name if isinstance(name, str) else repr(name)]
     except KeyError:
         raise ValueError(f"unknown task {name!r} (known: {', '.join(TASKS)})") from None
