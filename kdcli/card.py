@@ -130,6 +130,11 @@ def _kept(f: dict[str, Any]) -> list[str]:
         lines += ["## What was kept", "", f"Student layer ← teacher layer (copied bit for bit): {pairs}."]
         if f.get("dropped"):
             lines += [f"Dropped: {', '.join(f['dropped'])}."]
+        if f.get("pruned"):
+            before, after = f["pruned"]["teacher"], f["pruned"]["student"]
+            sizes = ", ".join(f"{name} {before[name]} → {after[name]}" for name in ("heads", "ffn", "hidden"))
+            lines += [f"Width pruned by activation importance (Minitron) on {f['pruned']['calibration_samples']} "
+                      f"calibration samples, per layer: {sizes}."]
         lines += [""]
     elif f.get("architecture"):
         lines += ["## What was kept", "", f"A {f['architecture']} student; tensors copied from the teacher where "

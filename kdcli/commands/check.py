@@ -10,7 +10,7 @@ from rich.console import Console
 
 from kdcli.commands.preflight import preflight
 from kdcli.models import Adapter
-from kdcli.models.layers import select_layers
+from kdcli.models.layers import by_importance, select_layers
 from kdcli.profile import Profile, profile_json
 
 
@@ -69,7 +69,8 @@ def check_profile(profile: Profile) -> CheckReport:
     teacher, student = found.teacher, found.student
     if teacher is not None:
         report.teacher = _probe(teacher)
-        if profile.student.init.architecture == "same" and teacher.cut_depth is not None:
+        init = profile.student.init
+        if init.architecture == "same" and teacher.cut_depth is not None and not by_importance(init.layers):
             report.init_layers = select_layers(profile.student.init.layers, teacher.cut_depth)
     if student is not None:
         if profile.task.causal and teacher is not None:  # next-token logits: the same vocabulary

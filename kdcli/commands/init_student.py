@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
+from torch import Tensor
 
 from kdcli.card import student_facts, update_card
 from kdcli.commands.checkpoints import load_teacher
 from kdcli.console import human_bytes, table
 from kdcli.data.labels import LabelMap, job_labels
+from kdcli.data.splits import load_split, loader, subset
 from kdcli.errors import BadInput
 from kdcli.models import Adapter, dir_size
-from kdcli.models.derive import derive_student, fresh_student
+from kdcli.models.derive import Calibration, calibration_samples, derive_student, fresh_student, needs_calibration
 from kdcli.profile import Profile
 from kdcli.runtime.files import check_writable
 
@@ -28,6 +31,7 @@ class InitReport:
     dropped: list[str] = field(default_factory=list)
     copied_tensors: int = 0
     output_dir: str = ""
+    pruned: dict[str, Any] | None = None      # width pruning: sizes before and after, calibration samples
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -36,10 +40,15 @@ class InitReport:
         t, s = self.teacher, self.student
         rows = [[field, t.get(key), s.get(key)] for field, key in
                 (("architecture", "architecture"), ("layers", "layers"), ("parameters", "params"))]
+        if self.pruned:
+            before, after = self.pruned["teacher"], self.pruned["student"]
+            rows += [[f"{name} per layer", before[name], after[name]] for name in ("heads", "ffn", "hidden")]
         rows.append(["size on disk", human_bytes(t.get("size_bytes")), human_bytes(s.get("size_bytes"))])
         out.print(table("init-student", ["", "teacher", "student"], rows))
         if self.layer_map:
             out.print("student layer ← teacher layer: " + ", ".join(f"{i}←{t_}" for i, t_ in enumerate(self.layer_map)))
+        if self.pruned:
+            out.print(f"ranked on {self.pruned['calibration_samples']:,} calibration samples")
         out.print(f"student written to {self.output_dir} ({self.copied_tensors} tensors copied)")
 
 
@@ -59,8 +68,12 @@ def init_student(profile: Profile, on_event: Callable[[str], None] | None = None
     say(f"init-student: loading the teacher from {profile.teacher.path}")
     teacher = load_teacher(profile)
     assert teacher is not None
-    say("init-student: copying the kept weights")
-    student, layers, copied = derive_student(teacher, init)
+    if needs_calibration(init):
+        say(f"init-student: ranking by activation importance on {calibration_samples(init):,} samples")
+    else:
+        say("init-student: copying the kept weights")
+    derived = derive_student(teacher, init, _calibration(profile, teacher))
+    student, layers, copied = derived.student, derived.layers, derived.copied
     classes = job_labels(profile, head=teacher.num_labels)
     _name_classes(student, classes)
     say(f"init-student: saving the student to {out}")
@@ -68,11 +81,26 @@ def init_student(profile: Profile, on_event: Callable[[str], None] | None = None
     update_card(out, {**student_facts(profile, student, out, classes), "layer_map": layers or None,
                       "dropped": list(init.drop) or None, "copied_tensors": copied,
                       "architecture": init.architecture if init.architecture != "same" else None,
+                      "pruned": derived.pruned,
                       "teacher_params": teacher.param_count(),
                       "teacher_size_bytes": dir_size(teacher.path) if teacher.path else None})
     return InitReport(
         teacher=_describe(teacher, teacher.path), student=_describe(student, out), layer_map=layers,
-        dropped=list(init.drop), copied_tensors=copied, output_dir=str(out))
+        dropped=list(init.drop), copied_tensors=copied, output_dir=str(out), pruned=derived.pruned)
+
+
+def _calibration(profile: Profile, teacher: Adapter) -> Calibration | None:
+    """Batches of the job's own data (data.transfer, else data.train), a seeded random subset, for ranking."""
+    which = "transfer" if profile.data.transfer else "train" if profile.data.train else None
+    if which is None:
+        return None
+
+    def batches(samples: int) -> Iterable[dict[str, Tensor]]:
+        split = load_split(profile, which, teacher, labels=False)
+        generator = torch.Generator().manual_seed(profile.train.seed)
+        chosen = subset(split, torch.randperm(split.size, generator=generator)[:samples].tolist())
+        return loader(chosen, chosen.order(profile.train.batch_size, shuffle=False), torch.device("cpu"))
+    return batches
 
 
 def _fresh_student(profile: Profile) -> InitReport:

@@ -44,11 +44,22 @@ class TeacherSpec(Strict):
     num_classes: int | None = Field(None, ge=1, le=CLASSES_MAX)
 
 
+class PruneSpec(Strict):
+    """Width pruning (Minitron): sizes every layer keeps, ranked by activation importance on calibration data."""
+    heads: int | None = Field(None, ge=1, le=100_000, description="attention (query) heads per layer")
+    ffn: int | None = Field(None, ge=1, le=10_000_000, description="MLP intermediate neurons per layer")
+    hidden: int | None = Field(None, ge=1, le=1_000_000, description="hidden (embedding) channels")
+    calibration_samples: int = Field(512, ge=1, le=1_000_000,
+                                     description="rows of data.transfer (else data.train) to rank by")
+
+
 class StudentInit(Strict):
     layers: list[Annotated[int, Field(ge=0, le=100_000)]] | str | None = Field(
         None, description="teacher layers to keep (0-based), or every-other | distilbert | first:k | last:k | "
-                    "uniform:k (k layers from first to last: uniform:3 of 6 keeps 0, 2, 5)"
+                    "uniform:k (k layers from first to last: uniform:3 of 6 keeps 0, 2, 5) | importance:k "
+                    "(the k blocks that change their input most, measured on calibration data)"
     )
+    prune: PruneSpec | None = Field(None, description="width pruning by activation importance (heads, ffn, hidden)")
     drop: list[Literal["token_type_embeddings", "pooler"]] = []
     architecture: str = Field("same", description="same | distilbert (transformers); a timm arch name")
     num_classes: int | None = Field(None, ge=1, le=CLASSES_MAX, description="timm student built without a teacher")
@@ -62,6 +73,9 @@ class StudentInit(Strict):
         if "pooler" in self.drop and self.architecture != "distilbert":
             raise ValueError("drop: [pooler] needs architecture: distilbert (a same-architecture student keeps its "
                              "pooler: transformers would re-create a dropped one at random when it loads)")
+        if self.prune is not None and self.architecture != "same":
+            raise ValueError(f"prune needs architecture: same (it slices the teacher's own architecture), "
+                             f"not {self.architecture}")
         return self
 
 
