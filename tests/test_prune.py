@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import save_tiny_lm, tiny_bert_config, tiny_lm_config
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BertForSequenceClassification
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, BertForSequenceClassification,
+                          DebertaV2Config, DistilBertConfig, ElectraConfig, RobertaConfig)
 from typer.testing import CliRunner
 
 from kdcli.cli import app
@@ -40,10 +41,24 @@ def _permutations(shape, depth: int, seed: int, heads: bool) -> Kept:
                 hidden=torch.randperm(shape.hidden, generator=g))
 
 
-@pytest.mark.parametrize("family", ["bert", "llama", "qwen2"])
+def _encoder(family: str) -> torch.nn.Module:
+    small = {"vocab_size": 64, "num_hidden_layers": 2, "max_position_embeddings": 64, "num_labels": 2}
+    bert_like = {**small, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 48}
+    config = {
+        "distilbert": lambda: DistilBertConfig(**{**small, "n_layers": 2}, dim=32, n_heads=2, hidden_dim=48),
+        "deberta-v2": lambda: DebertaV2Config(**bert_like, relative_attention=True, pos_att_type=["c2p", "p2c"],
+                                              type_vocab_size=0, position_biased_input=False),
+        "electra": lambda: ElectraConfig(**bert_like, embedding_size=16),
+        "roberta": lambda: RobertaConfig(**{**bert_like, "max_position_embeddings": 70}, pad_token_id=1),
+    }[family]()
+    return AutoModelForSequenceClassification.from_config(config).eval()
+
+
+@pytest.mark.parametrize("family", ["bert", "llama", "qwen2", "distilbert", "deberta-v2", "electra", "roberta"])
 def test_a_permutation_that_removes_nothing_keeps_the_outputs(family):
     torch.manual_seed(0)
-    model = _bert() if family == "bert" else AutoModelForCausalLM.from_config(tiny_lm_config(family)).eval()
+    model = _bert() if family == "bert" else AutoModelForCausalLM.from_config(tiny_lm_config(family)).eval() \
+        if family in ("llama", "qwen2") else _encoder(family)
     layout, stack = layout_of(model)
     shape = shape_of(model, layout, stack)
     # grouped-query attention: heads permute within their key/value group (here one group of two)

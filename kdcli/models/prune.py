@@ -35,6 +35,7 @@ class Layout:
     hidden_field: str
     kv_field: str | None = None         # grouped-query attention: key/value heads
     head_dim_field: str | None = None   # the config states the head size (else it is hidden / heads)
+    extra_heads: tuple[str, ...] = ()   # more per-head projections of the hidden state, where present
 
 
 LAYOUTS = (
@@ -43,6 +44,10 @@ LAYOUTS = (
            "num_attention_heads", "intermediate_size", "hidden_size"),
     Layout("distilbert", "attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin",
            ("ffn.lin1",), "ffn.lin2", ("sa_layer_norm", "output_layer_norm"), "n_heads", "hidden_dim", "dim"),
+    Layout("deberta-v2", "attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj",
+           "attention.output.dense", ("intermediate.dense",), "output.dense",
+           ("attention.output.LayerNorm", "output.LayerNorm"), "num_attention_heads", "intermediate_size",
+           "hidden_size", extra_heads=("attention.self.pos_key_proj", "attention.self.pos_query_proj")),
     Layout("llama", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", ("input_layernorm", "post_attention_layernorm"),
            "num_attention_heads", "intermediate_size", "hidden_size", "num_key_value_heads", "head_dim"),
@@ -88,7 +93,7 @@ def layout_of(model: PreTrainedModel) -> tuple[Layout, Stack]:
                 and all(_module(block, n) is not None for n in layout.norms)):
             return layout, stack
     raise BadInput(f"student.init.prune: {type(model).__name__} has no attention and MLP laid out as pruning "
-                   "knows them (BERT-style encoders: BERT, RoBERTa, XLM-R, MiniLM, ELECTRA; DistilBERT; "
+                   "knows them (BERT-style encoders: BERT, RoBERTa, XLM-R, MiniLM, ELECTRA; DistilBERT; DeBERTa-v2/v3; "
                    "Llama-style decoders: Llama, Mistral, Qwen2/3)",
                    hint="remove student.init.prune and shrink by layers, or use a supported family")
 
@@ -126,7 +131,7 @@ def check_target(shape: Shape, layout: Layout, target: Target, embedding_output:
 
 
 def type_name(layout: Layout) -> str:
-    return {"bert": "BERT-style", "distilbert": "DistilBERT"}.get(layout.name, layout.name)
+    return {"bert": "BERT-style", "distilbert": "DistilBERT", "deberta-v2": "DeBERTa-v2"}.get(layout.name, layout.name)
 
 
 def keep_top(scores: Tensor, count: int) -> Tensor:
@@ -169,11 +174,11 @@ def _linear(slices: Slices, prefix: str, *, rows: Tensor | None = None, cols: Te
 
 
 def _block_slices(slices: Slices, layout: Layout, prefix: str, shape: Shape, heads: Tensor | None,
-                  neurons: Tensor | None, hidden: Tensor | None) -> None:
+                  neurons: Tensor | None, hidden: Tensor | None, extra: tuple[str, ...]) -> None:
     at = lambda role: f"{prefix}.{role}"  # noqa: E731
     if heads is not None:
         rows = channels(heads, shape.head_dim)
-        for role in (layout.q, *((layout.k, layout.v) if shape.kv_heads == shape.heads else ())):
+        for role in (layout.q, *((layout.k, layout.v) if shape.kv_heads == shape.heads else ()), *extra):
             _linear(slices, at(role), rows=rows, bias=True)
         _linear(slices, at(layout.o), cols=rows)
     if neurons is not None:
@@ -181,7 +186,7 @@ def _block_slices(slices: Slices, layout: Layout, prefix: str, shape: Shape, hea
             _linear(slices, at(role), rows=neurons, bias=True)
         _linear(slices, at(layout.down), cols=neurons)
     if hidden is not None:
-        for role in (layout.q, layout.k, layout.v, *layout.up):
+        for role in (layout.q, layout.k, layout.v, *layout.up, *extra):
             _linear(slices, at(role), cols=hidden)
         for role in (layout.o, layout.down):
             _linear(slices, at(role), rows=hidden, bias=True)
@@ -229,9 +234,10 @@ def prune_width(model: PreTrainedModel, kept: Kept) -> PreTrainedModel:
     layout, stack = layout_of(model)
     shape = shape_of(model, layout, stack)
     slices: Slices = {}
+    extra = tuple(n for n in layout.extra_heads if _module(stack.blocks[0], n) is not None)
     for i in range(len(stack.blocks)):
         _block_slices(slices, layout, f"{stack.name}.{i}", shape, kept.heads[i] if kept.heads else None,
-                      kept.neurons[i] if kept.neurons else None, kept.hidden)
+                      kept.neurons[i] if kept.neurons else None, kept.hidden, extra)
     if kept.hidden is not None:
         _outer_slices(slices, model, stack, shape.hidden, kept.hidden)
     state = _apply(model.state_dict(), slices)
