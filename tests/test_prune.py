@@ -221,3 +221,44 @@ def test_query_heads_that_do_not_divide_the_key_value_groups_exit_2(write_profil
 def test_pruning_without_calibration_data_exits_2(write_profile, bert_cls):
     result = runner.invoke(app, ["init-student", str(_profile(write_profile, bert_cls, None, prune={"ffn": 8}))])
     assert result.exit_code == 2 and "calibration data" in result.output
+
+
+def _vit(folder: Path) -> tuple[torch.nn.Module, dict]:
+    import timm
+
+    from kdcli.models.timm import TimmAdapter
+    torch.manual_seed(6)
+    args = {"num_classes": 10, "img_size": 32, "patch_size": 8, "depth": 4, "embed_dim": 48, "num_heads": 4,
+            "init_values": 0.1}  # LayerScale: a vector over the hidden size inside every block
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **args).eval()
+    TimmAdapter(model, "vit_tiny_patch16_224", args).save(folder)
+    return model, args
+
+
+def test_a_vit_permutation_that_removes_nothing_keeps_the_outputs(tmp_path):
+    from kdcli.models.prune import pruned_args, pruned_state
+    from kdcli.models.timm import create
+    model, args = _vit(tmp_path / "vit")
+    layout, stack = layout_of(model)
+    kept = _permutations(shape_of(model, layout, stack), 4, 2, heads=True)
+    student = create("vit_tiny_patch16_224", **{**args, **pruned_args(model, kept)}).eval()
+    student.load_state_dict(pruned_state(model, kept), strict=True)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(student(images), model(images), atol=2e-6, rtol=1e-5)
+
+
+def test_a_pruned_vit_loads_with_timm_alone(write_profile, tmp_path, one_thread):
+    import timm
+    model, _ = _vit(tmp_path / "vit")
+    spec = {"name": "v", "task": "image-classification", "teacher": {"source": "timm", "path": str(tmp_path / "vit")},
+            "student": {"path": "student", "init": {"layers": "importance:3",
+                                                   "prune": {"heads": 2, "hidden": 24, "ffn": 100,
+                                                             "calibration_samples": 16}}},
+            "data": {"train": "sklearn:digits", "image_size": 32, "limit": 32}, "output": "runs"}
+    result = runner.invoke(app, ["init-student", str(write_profile(spec)), "--json"])
+    assert result.exit_code == 0, result.output
+    student = timm.create_model("local-dir:student", pretrained=True)  # timm alone, no kdcli
+    assert len(student.blocks) == 3 and student.embed_dim == 24 and student.blocks[0].attn.num_heads == 2
+    assert student.blocks[0].mlp.fc1.out_features == 100
+    assert student(torch.randn(1, 3, 32, 32)).shape == (1, 10)

@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from kdcli.errors import BadInput
+from kdcli.models import prune
 from kdcli.models.base import Adapter
 from kdcli.models.causal_lm import shrink_decoder
 from kdcli.models.hf import HFAdapter
 from kdcli.models.importance import Importance, measure
 from kdcli.models.layers import by_importance, select_layers
-from kdcli.models.prune import Kept, Target, check_target, keep_heads, keep_top, layout_of, prune_width, shape_of
+from kdcli.models.prune import Kept, Target, layout_of, shape_of
 from kdcli.models.shrink import shrink_timm, shrink_transformer
 from kdcli.models.timm import TimmAdapter, create
 
@@ -57,11 +58,8 @@ def calibration_samples(init: StudentInit) -> int:
 
 
 def _prune(teacher: Adapter, init: StudentInit, calibration: Calibration | None
-           ) -> tuple[HFAdapter, StudentInit, dict[str, Any]]:
+           ) -> tuple[Adapter, StudentInit, dict[str, Any]]:
     """The teacher pruned to the target widths (every layer kept), and the layer selection made explicit."""
-    if not isinstance(teacher, HFAdapter):
-        raise BadInput("student.init: pruning and importance:k work on transformers teachers; this one is timm",
-                       hint="choose layers by list or strategy, or a smaller timm architecture")
     if calibration is None:
         raise BadInput("student.init: pruning ranks by activations on calibration data, and the job has none",
                        hint="set data.train or data.transfer")
@@ -70,30 +68,43 @@ def _prune(teacher: Adapter, init: StudentInit, calibration: Calibration | None
     shape = shape_of(model, layout, stack)
     spec = init.prune
     target = Target(spec.heads, spec.ffn, spec.hidden) if spec is not None else Target()
-    check_target(shape, layout, target, embedding_output=teacher.task.output == "embedding")
-    select_layers(init.layers if not by_importance(init.layers) else None, teacher.depth)  # bad lists exit 2 now
+    hf = isinstance(teacher, HFAdapter)
+    prune.check_target(shape, layout, target, embedding_output=hf and teacher.task.output == "embedding")
+    depth = len(stack.blocks)
+    select_layers(init.layers if not by_importance(init.layers) else None, depth)  # bad lists exit 2 now
     importance = measure(model, layout, stack, shape, calibration(calibration_samples(init)),
                          lambda batch: teacher.forward(batch))
-    layers = select_layers(init.layers, teacher.depth, importance.layers.tolist())
+    layers = select_layers(init.layers, depth, importance.layers.tolist())
     kept = _kept(importance, target, shape.kv_heads)
     student = teacher
     if target != Target():
-        student = HFAdapter(prune_width(model, kept).eval(), teacher.tokenizer, teacher.task)
-        student.save_dtype, student.pipeline = teacher.save_dtype, teacher.pipeline
+        student = _pruned_adapter(teacher, kept)
     after = shape_of(student.module, *layout_of(student.module))
     summary = {"teacher": shape.describe(), "student": after.describe(), "calibration_samples": importance.samples,
                "layer_importance": [round(v, 6) for v in importance.layers.tolist()]}
     return student, init.model_copy(update={"layers": layers}), summary
 
 
+def _pruned_adapter(teacher: Adapter, kept: Kept) -> Adapter:
+    if isinstance(teacher, HFAdapter):
+        student = HFAdapter(prune.prune_width(teacher.module, kept).eval(), teacher.tokenizer, teacher.task)
+        student.save_dtype, student.pipeline = teacher.save_dtype, teacher.pipeline
+        return student
+    assert isinstance(teacher, TimmAdapter)
+    args = {**teacher.model_args, **prune.pruned_args(teacher.module, kept)}
+    model = create(teacher.arch, **args)
+    model.load_state_dict(prune.pruned_state(teacher.module, kept), strict=True)
+    return TimmAdapter(model.eval(), teacher.arch, args, class_names=teacher.class_names)
+
+
 def _kept(importance: Importance, target: Target, kv_heads: int) -> Kept:
     depth = len(importance.heads)
     return Kept(
-        heads=[keep_heads(importance.heads[i], target.heads, kv_heads) for i in range(depth)]
+        heads=[prune.keep_heads(importance.heads[i], target.heads, kv_heads) for i in range(depth)]
         if target.heads is not None else None,
-        neurons=[keep_top(importance.neurons[i], target.ffn) for i in range(depth)]
+        neurons=[prune.keep_top(importance.neurons[i], target.ffn) for i in range(depth)]
         if target.ffn is not None else None,
-        hidden=keep_top(importance.hidden, target.hidden) if target.hidden is not None else None)
+        hidden=prune.keep_top(importance.hidden, target.hidden) if target.hidden is not None else None)
 
 
 def fresh_student(architecture: str, args: dict[str, Any]) -> Adapter:

@@ -36,6 +36,7 @@ class Layout:
     kv_field: str | None = None         # grouped-query attention: key/value heads
     head_dim_field: str | None = None   # the config states the head size (else it is hidden / heads)
     extra_heads: tuple[str, ...] = ()   # more per-head projections of the hidden state, where present
+    fused_qkv: bool = False             # q, k and v are one Linear (timm): rows [3, heads, head_dim]
 
 
 LAYOUTS = (
@@ -51,6 +52,8 @@ LAYOUTS = (
     Layout("llama", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", ("input_layernorm", "post_attention_layernorm"),
            "num_attention_heads", "intermediate_size", "hidden_size", "num_key_value_heads", "head_dim"),
+    Layout("timm-vit", "attn.qkv", "attn.qkv", "attn.qkv", "attn.proj", ("mlp.fc1",), "mlp.fc2", ("norm1", "norm2"),
+           "num_heads", "mlp_ratio", "embed_dim", fused_qkv=True),
 )
 
 
@@ -83,9 +86,10 @@ def _module(block: nn.Module, dotted: str) -> nn.Module | None:
         return None
 
 
-def layout_of(model: PreTrainedModel) -> tuple[Layout, Stack]:
+def layout_of(model: nn.Module) -> tuple[Layout, Stack]:
     """The family layout whose roles are all in the model's blocks, with the model's stack of blocks."""
-    stack = require_stack(model)
+    timm_blocks = getattr(model, "blocks", None) if not isinstance(model, PreTrainedModel) else None
+    stack = Stack("blocks", timm_blocks) if isinstance(timm_blocks, nn.Sequential) else require_stack(model)
     block = stack.blocks[0]
     for layout in LAYOUTS:
         linears = (layout.q, layout.k, layout.v, layout.o, layout.down, *layout.up)
@@ -94,13 +98,17 @@ def layout_of(model: PreTrainedModel) -> tuple[Layout, Stack]:
             return layout, stack
     raise BadInput(f"student.init.prune: {type(model).__name__} has no attention and MLP laid out as pruning "
                    "knows them (BERT-style encoders: BERT, RoBERTa, XLM-R, MiniLM, ELECTRA; DistilBERT; DeBERTa-v2/v3; "
-                   "Llama-style decoders: Llama, Mistral, Qwen2/3)",
+                   "Llama-style decoders: Llama, Mistral, Qwen2/3; timm ViT/DeiT)",
                    hint="remove student.init.prune and shrink by layers, or use a supported family")
 
 
-def shape_of(model: PreTrainedModel, layout: Layout, stack: Stack) -> Shape:
+def shape_of(model: nn.Module, layout: Layout, stack: Stack) -> Shape:
     block = stack.blocks[0]
     q, k, down = (block.get_submodule(n) for n in (layout.q, layout.k, layout.down))
+    if layout.fused_qkv:
+        heads = int(block.get_submodule(layout.o.rpartition(".")[0]).num_heads)
+        head_dim = q.out_features // 3 // heads
+        return Shape(heads=heads, kv_heads=heads, head_dim=head_dim, ffn=down.in_features, hidden=q.in_features)
     heads = int(getattr(model.config, layout.heads_field))
     head_dim = q.out_features // heads
     return Shape(heads=heads, kv_heads=k.out_features // head_dim, head_dim=head_dim, ffn=down.in_features,
@@ -131,7 +139,8 @@ def check_target(shape: Shape, layout: Layout, target: Target, embedding_output:
 
 
 def type_name(layout: Layout) -> str:
-    return {"bert": "BERT-style", "distilbert": "DistilBERT", "deberta-v2": "DeBERTa-v2"}.get(layout.name, layout.name)
+    names = {"bert": "BERT-style", "distilbert": "DistilBERT", "deberta-v2": "DeBERTa-v2", "timm-vit": "timm ViT"}
+    return names.get(layout.name, layout.name)
 
 
 def keep_top(scores: Tensor, count: int) -> Tensor:
@@ -174,25 +183,30 @@ def _linear(slices: Slices, prefix: str, *, rows: Tensor | None = None, cols: Te
 
 
 def _block_slices(slices: Slices, layout: Layout, prefix: str, shape: Shape, heads: Tensor | None,
-                  neurons: Tensor | None, hidden: Tensor | None, extra: tuple[str, ...]) -> None:
+                  neurons: Tensor | None, hidden: Tensor | None, extra: tuple[str, ...], block: nn.Module) -> None:
     at = lambda role: f"{prefix}.{role}"  # noqa: E731
+    roles = tuple(f"{r}." for r in (layout.q, layout.k, layout.v, layout.o, layout.down, *layout.up, *extra))
     if heads is not None:
         rows = channels(heads, shape.head_dim)
-        for role in (layout.q, *((layout.k, layout.v) if shape.kv_heads == shape.heads else ()), *extra):
-            _linear(slices, at(role), rows=rows, bias=True)
+        if layout.fused_qkv:
+            width = shape.heads * shape.head_dim
+            _linear(slices, at(layout.q), rows=torch.cat([part * width + rows for part in range(3)]), bias=True)
+        else:
+            for role in (layout.q, *((layout.k, layout.v) if shape.kv_heads == shape.heads else ()), *extra):
+                _linear(slices, at(role), rows=rows, bias=True)
         _linear(slices, at(layout.o), cols=rows)
     if neurons is not None:
         for role in layout.up:
             _linear(slices, at(role), rows=neurons, bias=True)
         _linear(slices, at(layout.down), cols=neurons)
     if hidden is not None:
-        for role in (layout.q, layout.k, layout.v, *layout.up, *extra):
+        for role in dict.fromkeys((layout.q, layout.k, layout.v, *layout.up, *extra)):  # fused: once
             _linear(slices, at(role), cols=hidden)
         for role in (layout.o, layout.down):
             _linear(slices, at(role), rows=hidden, bias=True)
-        for role in layout.norms:
-            _slice(slices, f"{at(role)}.weight", 0, hidden)
-            _slice(slices, f"{at(role)}.bias", 0, hidden)
+        for name, value in block.named_parameters():  # norms, LayerScale: vectors over the hidden size
+            if value.ndim == 1 and value.shape[0] == shape.hidden and not name.startswith(roles):
+                _slice(slices, at(name), 0, hidden)
 
 
 def _outer_slices(slices: Slices, model: nn.Module, stack: Stack, size: int, hidden: Tensor) -> None:
@@ -206,10 +220,12 @@ def _outer_slices(slices: Slices, model: nn.Module, stack: Stack, size: int, hid
         elif isinstance(module, nn.Linear):
             _linear(slices, at.rstrip("."), rows=hidden if module.out_features == size else None, bias=True,
                     cols=hidden if module.in_features == size else None)
-        else:
+        elif isinstance(module, nn.Conv2d) and module.out_channels == size:  # a ViT's patch embedding
+            _linear(slices, at.rstrip("."), rows=hidden, bias=True)
+        else:  # norms; a ViT's class token and position embedding ([1, tokens, hidden])
             for param, value in module.named_parameters(recurse=False):
-                if value.ndim == 1 and value.shape[0] == size:
-                    _slice(slices, f"{at}{param}", 0, hidden)
+                if value.ndim >= 1 and value.shape[-1] == size:
+                    _slice(slices, f"{at}{param}", value.ndim - 1, hidden)
 
 
 def _apply(state: dict[str, Tensor], slices: Slices) -> dict[str, Tensor]:
@@ -233,18 +249,34 @@ def prune_width(model: PreTrainedModel, kept: Kept) -> PreTrainedModel:
     """A model of the teacher's class keeping `kept`, every layer the same width, loadable by from_pretrained."""
     layout, stack = layout_of(model)
     shape = shape_of(model, layout, stack)
+    student = type(model)(_pruned_config(model, layout, shape, kept))
+    student.load_state_dict(pruned_state(model, kept), strict=True)
+    student.tie_weights()
+    return student
+
+
+def pruned_args(model: nn.Module, kept: Kept) -> dict[str, float | int]:
+    """timm create_model arguments for the pruned sizes (a ViT sizes a head as embed_dim / num_heads)."""
+    layout, stack = layout_of(model)
+    shape = shape_of(model, layout, stack)
+    hidden = len(kept.hidden) if kept.hidden is not None else shape.hidden
+    ffn = len(kept.neurons[0]) if kept.neurons else shape.ffn
+    ratio = ffn / hidden if int(hidden * (ffn / hidden)) == ffn else (ffn + 0.5) / hidden  # timm: int(dim * ratio)
+    return {"embed_dim": hidden, "num_heads": len(kept.heads[0]) if kept.heads else shape.heads, "mlp_ratio": ratio}
+
+
+def pruned_state(model: nn.Module, kept: Kept) -> dict[str, Tensor]:
+    """The model's state dict sliced to `kept`: every layer keeps its own heads and neurons, all the same count."""
+    layout, stack = layout_of(model)
+    shape = shape_of(model, layout, stack)
     slices: Slices = {}
     extra = tuple(n for n in layout.extra_heads if _module(stack.blocks[0], n) is not None)
     for i in range(len(stack.blocks)):
         _block_slices(slices, layout, f"{stack.name}.{i}", shape, kept.heads[i] if kept.heads else None,
-                      kept.neurons[i] if kept.neurons else None, kept.hidden, extra)
+                      kept.neurons[i] if kept.neurons else None, kept.hidden, extra, stack.blocks[i])
     if kept.hidden is not None:
         _outer_slices(slices, model, stack, shape.hidden, kept.hidden)
-    state = _apply(model.state_dict(), slices)
-    student = type(model)(_pruned_config(model, layout, shape, kept))
-    student.load_state_dict(state, strict=True)
-    student.tie_weights()
-    return student
+    return _apply(model.state_dict(), slices)
 
 
 def _pruned_config(model: PreTrainedModel, layout: Layout, shape: Shape, kept: Kept):  # noqa: ANN202
