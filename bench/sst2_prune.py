@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--steps", type=int, default=1000)
     args = parser.parse_args()
+    args.work = args.work.resolve()  # profiles resolve relative paths from their own folder
     args.work.mkdir(parents=True, exist_ok=True)
     teacher_path, _ = teacher(args.work, 1.0, ALL_ROWS)
     results = args.work / "prune-results.jsonl"

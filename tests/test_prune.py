@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import save_tiny_lm, tiny_bert_config, tiny_lm_config
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, BertForSequenceClassification,
-                          DebertaV2Config, DistilBertConfig, ElectraConfig, RobertaConfig)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    BertForSequenceClassification,
+    DebertaV2Config,
+    DistilBertConfig,
+    ElectraConfig,
+    RobertaConfig,
+)
 from typer.testing import CliRunner
 
 from kdcli.cli import app
