@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # kdcli draws its ow
 
 import kdcli
 from kdcli.console import err, forget_json, json_printed, print_json
-from kdcli.errors import BadInput, KdcliError, ProfileDeprecation
+from kdcli.errors import BadInput, GateFailed, KdcliError, ProfileDeprecation
 from kdcli.runtime.progress import Progress, Task
 from kdcli.runtime.signals import terminate_as_interrupt
 
@@ -349,6 +349,52 @@ def export_cmd(
         result.render(err)
     parity_gate(result.parity)
     int8_gate(result.int8)
+
+
+@command("compress")
+def compress_cmd(
+    profile: ProfileArg, set_: SetOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False,
+    speedup: Annotated[Optional[float], typer.Option(min=0.0, help="Goal: teacher p50 / student p50 in "
+                                                     "onnxruntime, at every --batch. Default: target.speedup.",
+                                                     show_default=False)] = None,
+    latency_ms: Annotated[Optional[float], typer.Option(min=0.0, help="Goal: student p50 in onnxruntime (ms), at "
+                                                        "every --batch. Default: target.latency_ms.",
+                                                        show_default=False)] = None,
+    batch: Annotated[Optional[list[int]], typer.Option(min=1, help="Batch size the goal holds at (repeat for "
+                                                       "several). Default: target.batch_sizes.",
+                                                       show_default=False)] = None,
+    max_drop: Annotated[Optional[float], typer.Option(min=0.0, help="Quality gate: the most the primary metric may "
+                                                      "fall (accuracy points as a fraction; 1 - cosine for "
+                                                      "embeddings). Default: target.max_drop.",
+                                                      show_default=False)] = None,
+    max_size_mb: Annotated[Optional[float], typer.Option(min=0.0, help="Goal: fp32 ONNX size in MB. Default: "
+                                                         "target.max_size_mb.", show_default=False)] = None,
+    max_trials: Annotated[Optional[int], typer.Option(min=1, help="Candidates distilled before giving up. "
+                                                      "Default: target.max_trials.", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped compress run.")] = False,
+) -> None:
+    """From the teacher to a served student that meets a speed goal: measure candidates, distil, gate, export.
+
+    Exit 0 when the goal is met, 1 when it is not (the closest candidate named), 2 for bad input."""
+    loaded = _load(profile, set_)
+    t = loaded.target
+    from kdcli.search import Goal
+    goal = Goal(speedup=speedup or t.speedup, latency_ms=latency_ms or t.latency_ms,
+                batch_sizes=tuple(batch or t.batch_sizes), max_drop=t.max_drop if max_drop is None else max_drop,
+                max_size_mb=max_size_mb or t.max_size_mb)
+    if goal.speedup is None and goal.latency_ms is None:
+        raise BadInput("compress needs a speed goal", hint="pass --speedup X or --latency-ms T (or set target: in "
+                       "the profile)")
+    from kdcli.commands.compress import compress
+    with Progress(err, quiet) as shown:
+        report = compress(loaded, goal, max_trials=max_trials or t.max_trials, resume=resume, on_event=shown.say)
+    if json_:
+        print_json(report.to_json())
+    else:
+        report.render(err)
+    if not report.met:
+        raise GateFailed(f"goal not met ({goal.describe()}); closest: {report.chosen or 'none measured'}",
+                         hint=f"{report.output_dir}/report.md lists every candidate")
 
 
 def main() -> None:

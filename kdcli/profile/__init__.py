@@ -17,10 +17,12 @@ from kdcli.profile.schema import (
                                   StageSpec,
                                   StudentInit,
                                   StudentSpec,
+                                  TargetSpec,
                                   TeacherSpec,
                                   TrainSpec,
 )
 
 __all__ = ["LOSS_KINDS", "AugmentSpec", "CeSpec", "DataSpec", "DistillSpec", "ExportSpec", "LossSpec", "NoiseSpec",
-           "OnnxSpec", "Profile", "PseudoSpec", "StageSpec", "StudentInit", "StudentSpec", "TeacherSpec", "TrainSpec",
+           "OnnxSpec", "Profile", "PseudoSpec", "StageSpec", "StudentInit", "StudentSpec", "TargetSpec",
+           "TeacherSpec", "TrainSpec",
            "printable", "apply_override", "load_profile", "profile_json"]

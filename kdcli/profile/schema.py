@@ -196,6 +196,17 @@ class OnnxSpec(Strict):
     opset: int = Field(18, ge=13, le=23)
 
 
+class TargetSpec(Strict):
+    """kdcli compress's goal (each field also a command-line option, which wins)."""
+
+    speedup: float | None = Field(None, gt=0.0, le=10_000, description="teacher p50 / student p50, onnxruntime")
+    latency_ms: float | None = Field(None, gt=0.0, description="student p50 in onnxruntime")
+    batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field([1], min_length=1)
+    max_drop: float = Field(0.01, ge=0.0, le=1.0, description="primary metric: teacher minus student (1 - cosine)")
+    max_size_mb: float | None = Field(None, gt=0.0)
+    max_trials: int = Field(2, ge=1, le=100, description="candidates distilled before compress gives up")
+
+
 class ExportSpec(Strict):
     """What every export target reads (parity tolerance, latency batch sizes), and each target's own section."""
 
@@ -241,6 +252,7 @@ class Profile(Strict):
     output: PathText
     export: ExportSpec = ExportSpec()
     pseudo: PseudoSpec = PseudoSpec()
+    target: TargetSpec = TargetSpec()
     source_file: Path | None = Field(None, exclude=True)
 
     @field_validator("name")

@@ -1,0 +1,249 @@
+"""compress: from a teacher to a served student that meets a speed goal, in one command.
+
+Candidates (depth, width, mixed) are built untrained, exported and timed in onnxruntime beside the teacher on this
+machine; the one with the most parameters that meets the goal is distilled with the profile's losses and data and
+judged on the task's primary metric; a failed gate tries the next, up to `max_trials`; the winner is exported
+into a folder that serves alone. Every stage is recorded in OUTPUT/compress/compress.json as it ends, so
+`--resume` continues where a stopped run left off.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from kdcli.commands.checkpoints import load_teacher
+from kdcli.commands.distill import distill
+from kdcli.commands.evaluate import EvalReport, evaluate
+from kdcli.commands.export import export_profile
+from kdcli.commands.init_student import init_student
+from kdcli.console import table
+from kdcli.errors import BadInput
+from kdcli.models.hf import HFAdapter
+from kdcli.models.prune import layout_of, shape_of
+from kdcli.profile import Profile, StudentInit, StudentSpec
+from kdcli.runtime.files import atomic_write_json, atomic_write_text, check_writable
+from kdcli.search import Candidate, Goal, closest, front, meets, ranked, shapes
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class CompressReport:
+    goal: Goal
+    teacher_p50_ms: dict[int, float] = field(default_factory=dict)
+    candidates: list[Candidate] = field(default_factory=list)
+    chosen: str | None = None
+    met: bool = False
+    output_dir: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"goal": vars(self.goal) | {"batch_sizes": list(self.goal.batch_sizes)},
+                "teacher_p50_ms": self.teacher_p50_ms, "candidates": [c.to_json() for c in self.candidates],
+                "chosen": self.chosen, "met": self.met, "output_dir": self.output_dir}
+
+    def render(self, out: Console) -> None:
+        batches = self.goal.batch_sizes
+        rows = [[c.name, c.params, *(c.speedup.get(b) for b in batches), c.score, c.drop,
+                 "chosen" if c.name == self.chosen else ("meets" if meets(c, self.goal) else "")]
+                for c in self.candidates]
+        out.print(table(f"compress: {self.goal.describe()}",
+                        ["candidate", "params", *(f"speed-up b{b}" for b in batches), "score", "drop", ""], rows))
+        verdict = "goal met" if self.met else "goal NOT met"
+        out.print(f"{verdict}: {self.chosen or 'no candidate'} → {self.output_dir}")
+
+
+def compress(profile: Profile, goal: Goal, *, max_trials: int = 2, resume: bool = False,
+             on_event: Say | None = None, latency_seconds: float = 0.5) -> CompressReport:
+    say = on_event or (lambda message: None)
+    work = Path(profile.output) / "compress"
+    state = work / "compress.json"
+    if state.is_file() and not resume:
+        raise BadInput(f"{work} holds an earlier compress run", hint="pass --resume to continue it, or set output "
+                       "to a new folder")
+    check_writable(state)
+    report = CompressReport(goal=goal, candidates=_previous(state) if resume else [])
+    if not report.candidates:
+        report.candidates = _candidates(profile)
+    _measure(profile, report, work, say, latency_seconds)
+    say("candidates: " + ", ".join(f"{c.name} {c.params:,} params" for c in front(report.candidates,
+                                                                                    goal.batch_sizes[0])))
+    for candidate in ranked(report.candidates, goal)[:max_trials]:
+        _train(profile, candidate, work, say, goal.max_drop)
+        atomic_write_json(state, report.to_json())
+        if candidate.passed:
+            report.chosen, report.met = candidate.name, True
+            break
+    if report.chosen is None:
+        best = _best_trained(report) or closest(report.candidates, goal)
+        report.chosen = best.name if best is not None else None
+    report.output_dir = str(_ship(profile, report, work, say, latency_seconds))
+    atomic_write_json(state, report.to_json())
+    return report
+
+
+def _previous(state: Path) -> list[Candidate]:
+    return [Candidate.from_json(c) for c in json.loads(state.read_text())["candidates"]] if state.is_file() else []
+
+
+def _candidates(profile: Profile) -> list[Candidate]:
+    teacher = load_teacher(profile)
+    if teacher is None:
+        raise BadInput("compress needs a teacher (`teacher:` in the profile)")
+    depth = teacher.cut_depth or teacher.depth
+    width = None
+    if isinstance(teacher, HFAdapter):
+        try:
+            layout, stack = layout_of(teacher.module)
+            width = shape_of(teacher.module, layout, stack).describe()
+            hidden_rule = layout.head_dim_field is None
+        except BadInput:  # a family pruning does not know: depth candidates only
+            width, hidden_rule = None, True
+    found = shapes(depth, width, heads_with_hidden=hidden_rule if width else True)
+    if teacher.task.output == "embedding" if isinstance(teacher, HFAdapter) else False:
+        for c in found:  # an embedding keeps its width: it is the model's output
+            c.init.get("prune", {}).pop("hidden", None)
+    return found
+
+
+def _sub_profile(profile: Profile, candidate: Candidate, work: Path, output: Path | None = None) -> Profile:
+    """The job with this candidate as its student (built in work/NAME/init, trained in work/NAME/run)."""
+    init = StudentInit.model_validate({**profile.student.init.model_dump(exclude={"layers", "prune"}),
+                                       **_init(candidate)})
+    return profile.model_copy(update={"student": StudentSpec(path=work / candidate.name / "init", init=init),
+                                      "output": output or work / candidate.name / "run"})
+
+
+def _timed_at(profile: Profile, goal: Goal) -> Profile:
+    """The profile with its latency batch sizes set to the goal's."""
+    export = profile.export.model_copy(update={"batch_sizes": list(goal.batch_sizes)})
+    return profile.model_copy(update={"export": export})
+
+
+def _init(candidate: Candidate) -> dict[str, Any]:
+    init = dict(candidate.init)
+    if "prune" in init:
+        init["prune"] = {"calibration_samples": 128, **init["prune"]}
+    return init
+
+
+def _measure(profile: Profile, report: CompressReport, work: Path, say: Say, seconds: float) -> None:
+    """Build each candidate untrained, export it and time it beside the teacher (onnxruntime, this machine)."""
+    for i, candidate in enumerate(report.candidates, 1):
+        if candidate.measured:
+            continue
+        say(f"candidate {i}/{len(report.candidates)}: {candidate.name} (build, export, time)")
+        sub = _timed_at(_sub_profile(profile, candidate, work), report.goal)
+        built = init_student(sub, force=True)
+        exported = export_profile(sub, sub.student.path, work / candidate.name / "export", latency_seconds=seconds)
+        rows = exported.latency["rows"] if exported.latency else []
+        candidate.params = built.student["params"]
+        candidate.size_mb = round(exported.size_bytes["onnx"] / 1e6, 3)
+        candidate.p50_ms = _p50(rows, "student")
+        report.teacher_p50_ms = _p50(rows, "teacher")
+        candidate.speedup = {b: round(report.teacher_p50_ms[b] / candidate.p50_ms[b], 3) for b in candidate.p50_ms}
+        shutil.rmtree(work / candidate.name / "export", ignore_errors=True)  # timed; the ONNX file is not kept
+        atomic_write_json(work / "compress.json", report.to_json())
+
+
+def _p50(rows: list[dict[str, Any]], model: str) -> dict[int, float]:
+    return {int(r["batch_size"]): float(r["p50_ms"]) for r in rows
+            if r["model"] == model and r["runtime"] == "onnxruntime"}
+
+
+def _train(profile: Profile, candidate: Candidate, work: Path, say: Say, max_drop: float) -> None:
+    """Distil the candidate with the profile's losses, data and budget (resuming a stopped run), then judge it."""
+    sub = _sub_profile(profile, candidate, work)
+    run = Path(sub.output)
+    say(f"distilling {candidate.name} ({candidate.params:,} parameters)")
+    if not (run / "student" / "config.json").is_file():
+        resume = (run / "checkpoints" / "last.pt").is_file()
+        distill(sub, resume=resume, force=run.is_dir() and not resume)
+    candidate.trained = True
+    judged = evaluate(sub)
+    candidate.score, candidate.drop = judged.primary()[1], metric_drop(judged)
+    candidate.passed = candidate.drop is not None and candidate.drop <= max_drop
+    say(f"{candidate.name}: drop {candidate.drop} ({'passed' if candidate.passed else 'failed'} the gate)")
+
+
+def metric_drop(report: EvalReport) -> float | None:
+    """How much the primary metric fell: teacher minus student where both have it (accuracy, F1), one minus
+    retention for a causal LM's perplexity, else one minus the agreement (cosine to the teacher)."""
+    name, value = report.primary()
+    if value is None:
+        return None
+    if report.task == "causal-lm":
+        return 1.0 - report.retention if report.retention is not None else None
+    if name in report.teacher_metrics:
+        return round(report.teacher_metrics[name] - value, 6)
+    return round(1.0 - value, 6)
+
+
+def _best_trained(report: CompressReport) -> Candidate | None:
+    trained = [c for c in report.candidates if c.trained and c.drop is not None]
+    return min(trained, key=lambda c: c.drop) if trained else None  # type: ignore[arg-type,return-value]
+
+
+def _ship(profile: Profile, report: CompressReport, work: Path, say: Say, seconds: float) -> Path:
+    """The chosen student exported into OUTPUT/compressed with compress.json, report.md and the plot."""
+    out = Path(profile.output) / "compressed"
+    chosen = next((c for c in report.candidates if c.name == report.chosen), None)
+    if chosen is None or not chosen.trained:
+        atomic_write_text(work / "report.md", _markdown(report))
+        return work
+    sub = _timed_at(_sub_profile(profile, chosen, work), report.goal)
+    say(f"exporting {chosen.name} to {out}")
+    export_profile(sub, Path(sub.output) / "student", out, latency_seconds=seconds)
+    report.output_dir = str(out)
+    atomic_write_json(out / "compress.json", report.to_json())
+    export_md = (out / "report.md").read_text(encoding="utf-8") if (out / "report.md").is_file() else ""
+    atomic_write_text(out / "report.md", _markdown(report) + "\n" + export_md)
+    _plot(report, out / "candidates.png")
+    return out
+
+
+def _markdown(report: CompressReport) -> str:
+    batches = report.goal.batch_sizes
+    lines = [f"# compress: {report.goal.describe()}", "",
+             f"**{'Goal met' if report.met else 'Goal NOT met'}**: {report.chosen or 'no candidate'}.", "",
+             "| candidate | parameters | " + " | ".join(f"speed-up b{b}" for b in batches)
+             + " | trained | score | drop | gate |", "|---" * (6 + len(batches)) + "|"]
+    for c in report.candidates:
+        gate = "" if c.passed is None else ("passed" if c.passed else "failed")
+        lines.append(f"| {c.name}{' (chosen)' if c.name == report.chosen else ''} | {c.params or '':,} | "
+                     + " | ".join(f"{c.speedup.get(b, 0):.2f}×" for b in batches)
+                     + f" | {'yes' if c.trained else 'no'} | {_num(c.score)} | {_num(c.drop)} | {gate} |")
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _plot(report: CompressReport, path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the plot is optional (the `examples` extra)
+        return
+    batch = report.goal.batch_sizes[0]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for c in report.candidates:
+        if not c.measured:
+            continue
+        y = c.score if c.score is not None else 0.0
+        ax.scatter(c.speedup.get(batch, 0), y, marker="*" if c.name == report.chosen else "o",
+                   s=160 if c.name == report.chosen else 40)
+        ax.annotate(c.name, (c.speedup.get(batch, 0), y), fontsize=7)
+    ax.set_xlabel(f"speed-up at batch {batch} (onnxruntime)")
+    ax.set_ylabel("primary metric after distillation (0: not trained)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
