@@ -5,7 +5,8 @@ The teacher is bench/sst2_transfer.py's (MiniLM-L6 fine-tuned on all 67,349 SST-
 `python -m bench.sst2_transfer --teacher-only` and reused). Every arm is cut from it by `kdcli init-student`
 (importance ranked on 512 sentences of the transfer set), scored by `kdcli evaluate` on GLUE dev (872), then
 distilled with the sst2-classification recipe (ce 0.2 + hinton 0.8, T 2, on dev.tsv + the transfer set) for
---steps steps (each a labelled batch of 32 and 288 transfer sentences: transfer_ratio 9), scored again, and exported (`kdcli export`: onnxruntime latency at batch 1 and 32).
+--steps steps (each a labelled batch of 32 and 288 transfer sentences: transfer_ratio 9), scored again,
+and exported (`kdcli export`: onnxruntime latency at batch 1 and 32).
 
 python -m bench.sst2_prune [--work runs/bench-transfer] [--arms depth width_ffn ...] [--steps 120]
 

@@ -372,6 +372,8 @@ def compress_cmd(
     max_trials: Annotated[Optional[int], typer.Option(min=1, help="Candidates distilled before giving up. "
                                                       "Default: target.max_trials.", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped compress run.")] = False,
+    latency_seconds: Annotated[float, typer.Option(min=0.0, help="Least timed seconds per latency "
+                                                   "measurement.")] = 0.5,
 ) -> None:
     """From the teacher to a served student that meets a speed goal: measure candidates, distil, gate, export.
 
@@ -387,7 +389,8 @@ def compress_cmd(
                        "the profile)")
     from kdcli.commands.compress import compress
     with Progress(err, quiet) as shown:
-        report = compress(loaded, goal, max_trials=max_trials or t.max_trials, resume=resume, on_event=shown.say)
+        report = compress(loaded, goal, max_trials=max_trials or t.max_trials, resume=resume, on_event=shown.say,
+                          latency_seconds=latency_seconds)
     if json_:
         print_json(report.to_json())
     else:

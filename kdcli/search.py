@@ -55,23 +55,24 @@ class Candidate:
 
 
 def shapes(depth: int, width: dict[str, int] | None, heads_with_hidden: bool = True) -> list[Candidate]:
-    """Depth (uniform:k for every k below the teacher's), width (MLP at 1/4 and 1/2; heads and, where a head
-    is sized hidden / heads, hidden at 1/2) and mixed (2/3 and 1/2 of the layers, MLP at 1/2) students."""
+    """Depth (uniform:k for every k below the teacher's), width (MLP at 1/2 and 1/4; heads and, where a head
+    is sized hidden / heads, hidden at 1/2) and mixed (2/3 and 1/2 of the layers, MLP at 1/2) students; names
+    are folder names."""
     found = [Candidate(f"depth-{k}", {"layers": f"uniform:{k}"}) for k in range(depth - 1, 0, -1)]
     if width is None:
         return found
     everything = list(range(depth))
     ffn, heads, kv = width["ffn"], width["heads"], width["kv_heads"]
-    for part, label in ((2, "1/2"), (4, "1/4")):
+    for part, label in ((2, "half"), (4, "quarter")):
         found.append(Candidate(f"ffn-{label}", {"layers": everything, "prune": {"ffn": max(ffn // part, 1)}}))
     if heads >= 2 and (heads // 2) % (kv if kv < heads else 1) == 0:
         prune = {"heads": heads // 2, "ffn": ffn // 2}
         if heads_with_hidden:
             prune["hidden"] = heads // 2 * width["head_dim"]
-        found.append(Candidate("heads-1/2,ffn-1/2", {"layers": everything, "prune": prune}))
+        found.append(Candidate("heads-half+ffn-half", {"layers": everything, "prune": prune}))
     for kept in sorted({max(round(depth * 2 / 3), 1), max(depth // 2, 1)}, reverse=True):
         if kept < depth:
-            found.append(Candidate(f"depth-{kept},ffn-1/2", {"layers": f"uniform:{kept}",
+            found.append(Candidate(f"depth-{kept}+ffn-half", {"layers": f"uniform:{kept}",
                                                              "prune": {"ffn": max(ffn // 2, 1)}}))
     return found
 

@@ -80,8 +80,8 @@ def compress(profile: Profile, goal: Goal, *, max_trials: int = 2, resume: bool 
         if candidate.passed:
             report.chosen, report.met = candidate.name, True
             break
-    if report.chosen is None:
-        best = _best_trained(report) or closest(report.candidates, goal)
+    if report.chosen is None:  # the gate failed every trial (ship the best, exit 1), or nothing was fast enough
+        best = _best_trained(ranked(report.candidates, goal)) or closest(report.candidates, goal)
         report.chosen = best.name if best is not None else None
     report.output_dir = str(_ship(profile, report, work, say, latency_seconds))
     atomic_write_json(state, report.to_json())
@@ -185,8 +185,8 @@ def metric_drop(report: EvalReport) -> float | None:
     return round(1.0 - value, 6)
 
 
-def _best_trained(report: CompressReport) -> Candidate | None:
-    trained = [c for c in report.candidates if c.trained and c.drop is not None]
+def _best_trained(candidates: list[Candidate]) -> Candidate | None:
+    trained = [c for c in candidates if c.trained and c.drop is not None]
     return min(trained, key=lambda c: c.drop) if trained else None  # type: ignore[arg-type,return-value]
 
 
@@ -194,7 +194,7 @@ def _ship(profile: Profile, report: CompressReport, work: Path, say: Say, second
     """The chosen student exported into OUTPUT/compressed with compress.json, report.md and the plot."""
     out = Path(profile.output) / "compressed"
     chosen = next((c for c in report.candidates if c.name == report.chosen), None)
-    if chosen is None or not chosen.trained:
+    if chosen is None or not chosen.trained or not meets(chosen, report.goal):  # nothing to serve: the report
         atomic_write_text(work / "report.md", _markdown(report))
         return work
     sub = _timed_at(_sub_profile(profile, chosen, work), report.goal)
