@@ -244,7 +244,8 @@ def _parity_batches(profile: Profile, student: Adapter) -> list[dict[str, Tensor
             if order:
                 batches.append(split.collate(order[len(order) // 2]))
     batches.append(student.example_batch(2))
-    return [{k: v for k, v in b.items() if k in ("input_ids", "attention_mask", "pixel_values")} for b in batches]
+    inputs = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
+    return [{k: v for k, v in b.items() if k in inputs} for b in batches]
 
 
 def int8_gate(int8: Int8Result | None) -> None:

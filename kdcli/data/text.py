@@ -282,11 +282,15 @@ def check_train_labels(split: Any, source: str, *, num_classes: int | None, need
         labels = split.labels.tolist() if split.labels is not None else []
     else:
         labels = [f.get("label") for f in split.features]
+    sources = list(split.sources)
+    if any(isinstance(label, list) for label in labels):  # tagged words: one label per scored word
+        sources = [src for label, src in zip(labels, split.sources) for t in label or [None] if t != -100]
+        labels = [t for label in labels for t in label or [None] if t != -100]
     present = [label for label in labels if label is not None]
     if num_classes:
         bad = next((i for i, label in enumerate(labels) if label is not None and not 0 <= label < num_classes), None)
         if bad is not None:
-            raise DataError(f"{source}: {split.sources[bad]}: class {labels[bad]}, and the model knows "
+            raise DataError(f"{source}: {sources[bad]}: class {labels[bad]}, and the model knows "
                             f"{num_classes} classes (0 to {num_classes - 1})",
                             hint="the teacher was not trained on this class: drop it from the data, or use a "
                                  "teacher that knows it")
@@ -295,7 +299,7 @@ def check_train_labels(split: Any, source: str, *, num_classes: int | None, need
         raise DataError(f"{source}: {what}, and loss '{needed_by}' trains on labels",
                         hint="add labels (or set data.label_column), or drop the loss")
     if needed_by and len(set(present)) < 2:
-        raise DataError(f"{source}: every example has the same class ({present[0]}, e.g. {split.sources[0]}); "
+        raise DataError(f"{source}: every example has the same class ({present[0]}, e.g. {sources[0]}); "
                         f"loss '{needed_by}' learns nothing from one class",
                         hint="add examples of the other classes, or drop the loss")
 
@@ -323,11 +327,26 @@ def collate_text(features: list[dict], pad_token_id: int) -> dict[str, Tensor]:
         ids[i, :n] = torch.tensor(f["input_ids"], dtype=torch.long)
         mask[i, :n] = 1
     batch = {"input_ids": ids, "attention_mask": mask}
+    if all("token_type_ids" in f for f in features):  # a text pair's segments, where the model uses them
+        batch["token_type_ids"] = _padded([f["token_type_ids"] for f in features], width, 0)
+    if all("words" in f for f in features):  # tagged words: each word's first sub-token, the positions scored
+        batch["word_mask"] = _padded([[0] * len(f["input_ids"]) for f in features], width, 0).bool()
+        for i, f in enumerate(features):
+            batch["word_mask"][i, f["words"]] = True
     if all(f.get("label") is not None for f in features):
-        batch["labels"] = torch.tensor([f["label"] for f in features], dtype=torch.long)
+        labels = [f["label"] for f in features]
+        batch["labels"] = _padded(labels, width, -100) if isinstance(labels[0], list) \
+            else torch.tensor(labels, dtype=torch.long)
     if all("index" in f for f in features):
         batch["index"] = torch.tensor([f["index"] for f in features], dtype=torch.long)
     return batch
+
+
+def _padded(rows: list[list[int]], width: int, value: int) -> Tensor:
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
 
 
 def length_bucketed_batches(lengths: list[int], batch_size: int, *, shuffle: bool,

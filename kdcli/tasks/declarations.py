@@ -61,3 +61,19 @@ class CausalLm(Task):
     pseudo = "completions"
     cache = "sparse"
     hf_class = "AutoModelForCausalLM"
+
+
+class TokenClassification(Task):
+    """One class per word (NER, BIO/IOB2 tags): the first sub-token of each word carries its tag, as
+    transformers' token-classification recipe aligns them; judged on entity-level F1 (seqeval's default)."""
+
+    name = "token-classification"
+    data = "tokens"
+    has_classes = True
+    per_token = True
+    primary = ("metrics", "f1")
+    retention = "f1"
+    pipeline_tag = "token-classification"
+    pseudo = "tags"
+    hf_class = "AutoModelForTokenClassification"
+    distilbert_class = "DistilBertForTokenClassification"

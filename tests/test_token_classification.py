@@ -1,0 +1,144 @@
+"""token-classification (NER): tagged words read and aligned to sub-tokens, masked per-token losses, entity-level
+metrics as seqeval scores them, and the whole job (init-student, distill, evaluate, export) through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tests.conftest import tiny_bert_config
+from transformers import BertForTokenClassification, BertTokenizerFast
+from typer.testing import CliRunner
+
+from kdcli.cli import app
+from kdcli.data.splits import load_split
+from kdcli.losses import build_losses
+from kdcli.models import load_model
+from kdcli.profile import load_profile
+from kdcli.tag_metrics import entities, entity_scores
+
+TAGS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+# Whole words, and pieces: "walking" is walk ##ing, "annas" is anna ##s, "paris" one token.
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "in", "to", "and", "is", "was", "walk", "live",
+         "went", "paris", "new", "york", "anna", "bob", "city", "house", "##ing", "##s", "##ed", "."]
+OTHER, PLACES, PEOPLE = ["the", "a", "in", "to", "and", "is", "walking", "lived", "city", "houses"], \
+    [["paris"], ["new", "york"]], [["anna"], ["bob"], ["annas"]]
+
+
+def write_tokenizer(folder: Path) -> BertTokenizerFast:
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = VOCAB + [f"[unused{i}]" for i in range(64 - len(VOCAB))]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast.from_pretrained(folder, do_lower_case=True)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def bert_ner(models_dir: Path) -> Path:
+    torch.manual_seed(11)
+    config = tiny_bert_config(num_labels=len(TAGS), id2label=dict(enumerate(TAGS)),
+                              label2id={t: i for i, t in enumerate(TAGS)})
+    folder = models_dir / "bert-ner"
+    BertForTokenClassification(config).eval().save_pretrained(folder)
+    write_tokenizer(folder)
+    return folder
+
+
+def sentences(count: int, seed: int = 0) -> list[tuple[list[str], list[str]]]:
+    """Random sentences of the vocabulary's words, places and people tagged BIO."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        words: list[str] = []
+        tags: list[str] = []
+        for _ in range(int(torch.randint(3, 9, (1,), generator=gen))):
+            kind = int(torch.randint(0, 4, (1,), generator=gen))
+            if kind < 2:
+                words.append(OTHER[int(torch.randint(len(OTHER), (1,), generator=gen))])
+                tags.append("O")
+                continue
+            pool, label = (PLACES, "LOC") if kind == 2 else (PEOPLE, "PER")
+            entity = pool[int(torch.randint(len(pool), (1,), generator=gen))]
+            words += entity
+            tags += [f"B-{label}"] + [f"I-{label}"] * (len(entity) - 1)
+        out.append((words, tags))
+    return out
+
+
+def write_conll(path: Path, rows: list[tuple[list[str], list[str]]]) -> Path:
+    blocks = ["\n".join(f"{w}\t{t}" for w, t in zip(words, tags)) for words, tags in rows]
+    path.write_text("-DOCSTART-\tO\n\n" + "\n\n".join(blocks) + "\n")
+    return path
+
+
+@pytest.fixture()
+def ner_data(tmp_path: Path) -> dict[str, Path]:
+    train = write_conll(tmp_path / "train.conll", sentences(40, 0))
+    evalset = tmp_path / "eval.jsonl"
+    evalset.write_text("".join(json.dumps({"tokens": w, "tags": t}) + "\n" for w, t in sentences(12, 1)))
+    return {"train": train, "eval": evalset}
+
+
+@pytest.fixture()
+def ner_profile(write_profile, bert_ner: Path, ner_data: dict[str, Path]) -> Path:
+    return write_profile({
+        "name": "ner", "task": "token-classification", "teacher": {"path": str(bert_ner)},
+        "student": {"path": "student-init", "init": {"layers": [0, 3]}},
+        "data": {"train": str(ner_data["train"]), "eval": str(ner_data["eval"]), "max_length": 32},
+        "distill": {"losses": [{"kind": "ce", "weight": 0.5}, {"kind": "hinton", "temperature": 2.0},
+                               {"kind": "dkd", "weight": 0.1}, {"kind": "hidden_mse", "layers": {1: 3}}]},
+        "train": {"max_steps": 3, "batch_size": 8, "lr": 1e-3, "device": "cpu"},
+        "export": {"batch_sizes": [1]}, "output": "run"})
+
+
+def test_sub_tokens_carry_the_word_label_on_the_first_piece_only(write_profile, bert_ner: Path, tmp_path: Path):
+    data = write_conll(tmp_path / "one.conll", [(["anna", "walking", "in", "new", "york"],
+                                                 ["B-PER", "O", "O", "B-LOC", "I-LOC"]),
+                                                (["annas", "houses"], ["B-PER", "O"])])
+    profile = load_profile(write_profile({"name": "t", "task": "token-classification",
+                                          "teacher": {"path": str(bert_ner)}, "student": {"path": "s"},
+                                          "data": {"train": str(data)}, "output": "o"}))
+    split = load_split(profile, "train", load_model("transformers", bert_ner, profile.task))
+    tokenizer = BertTokenizerFast.from_pretrained(bert_ner)
+    # [CLS] anna walk ##ing in new york [SEP] / [CLS] anna ##s house ##s [SEP], worked by hand:
+    assert tokenizer.convert_ids_to_tokens(split.features[0]["input_ids"]) == \
+        ["[CLS]", "anna", "walk", "##ing", "in", "new", "york", "[SEP]"]
+    assert split.features[0]["label"] == [-100, 3, 0, -100, 0, 1, 2, -100]
+    assert split.features[0]["words"] == [1, 2, 4, 5, 6]
+    assert tokenizer.convert_ids_to_tokens(split.features[1]["input_ids"]) == \
+        ["[CLS]", "anna", "##s", "house", "##s", "[SEP]"]
+    assert split.features[1]["label"] == [-100, 3, -100, 0, -100, -100]
+    batch = split.collate([0, 1])
+    assert batch["labels"].tolist()[1] == [-100, 3, -100, 0, -100, -100, -100, -100]  # padded with -100
+    assert batch["word_mask"].tolist()[1] == [False, True, False, True, False, False, False, False]
+
+
+def test_per_token_losses_average_over_first_sub_tokens_only(ner_profile: Path, bert_ner: Path):
+    profile = load_profile(ner_profile)
+    teacher = load_model("transformers", bert_ner, profile.task)
+    batch = load_split(profile, "eval", teacher).collate(list(range(6)))
+    gen = torch.Generator().manual_seed(0)
+    s, t = (torch.randn(*batch["input_ids"].shape, len(TAGS), generator=gen, dtype=torch.float64) for _ in "st")
+    losses = {loss.kind: loss for loss in build_losses(profile.loss_specs(), teacher, teacher)}
+    from kdcli.models import Outputs
+    got = {kind: float(losses[kind](Outputs(logits=s), Outputs(logits=t), batch)) for kind in ("ce", "hinton", "dkd")}
+    rows = [(i, j) for i in range(s.shape[0]) for j in range(s.shape[1]) if batch["word_mask"][i, j]]
+    assert len(rows) == int((batch["labels"] != -100).sum()) < int(batch["attention_mask"].sum())
+    label = [int(batch["labels"][i, j]) for i, j in rows]
+    ce = sum(-F.log_softmax(s[i, j], -1)[y] for (i, j), y in zip(rows, label)) / len(rows)
+    T = 2.0
+    kl = sum((F.softmax(t[i, j] / T, -1) * (F.log_softmax(t[i, j] / T, -1) - F.log_softmax(s[i, j] / T, -1))).sum()
+             for i, j in rows) / len(rows) * T * T
+    assert got["ce"] == pytest.approx(float(ce), rel=1e-6)
+    assert got["hinton"] == pytest.approx(float(kl), rel=1e-6)
+    # dkd over the scored words equals mdistiller's dkd on those rows alone
+    from kdcli.losses.functional import dkd
+    rows_s = torch.stack([s[i, j] for i, j in rows])
+    rows_t = torch.stack([t[i, j] for i, j in rows])
+    spec = losses["dkd"].spec
+    assert got["dkd"] == pytest.approx(float(dkd(rows_s, rows_t, torch.tensor(label), spec.alpha, spec.beta,
+                                                 spec.temperature)), rel=1e-6)
