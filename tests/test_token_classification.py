@@ -142,3 +142,79 @@ def test_per_token_losses_average_over_first_sub_tokens_only(ner_profile: Path, 
     spec = losses["dkd"].spec
     assert got["dkd"] == pytest.approx(float(dkd(rows_s, rows_t, torch.tensor(label), spec.alpha, spec.beta,
                                                  spec.temperature)), rel=1e-6)
+
+
+def _ok(args: list[str]) -> dict:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout) if "--json" in args else {}
+
+
+def test_the_whole_job_runs_and_the_onnx_tagger_matches(ner_profile: Path, one_thread):
+    _ok(["init-student", str(ner_profile), "--quiet"])
+    _ok(["distill", str(ner_profile), "--quiet"])
+    report = _ok(["evaluate", str(ner_profile), "--json", "--min-metric", "0"])
+    assert report["task"] == "token-classification"
+    assert set(report["metrics"]) == {"precision", "recall", "f1", "accuracy"}
+    assert set(report["agreement"]) == {"top1", "kl"}  # per word, with the teacher
+    assert report["retention"] == pytest.approx(report["metrics"]["f1"] / report["teacher_metrics"]["f1"])
+    assert [gate["measures"] for gate in report["gates"]] == ["f1"]  # entity F1 is the primary metric
+    exported = _ok(["export", str(ner_profile), "--json", "--no-latency"])
+    assert exported["parity"]["ok"]
+    import onnxruntime as ort
+    session = ort.InferenceSession(exported["onnx"], providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+    ids = torch.tensor([[2, 18, 12, 22, 3]])
+    (logits,) = session.run(None, {"input_ids": ids.numpy(), "attention_mask": torch.ones_like(ids).numpy()})
+    assert logits.shape == (1, 5, len(TAGS))  # [batch, tokens, classes]
+    config = json.loads(Path("run/export/config.json").read_text())
+    assert [config["id2label"][str(i)] for i in range(len(TAGS))] == TAGS
+    assert Path("run/export/tokenizer.json").is_file()
+    onnx_report = _ok(["evaluate", str(ner_profile), "--json", "--model", exported["onnx"]])
+    for key in ("f1", "precision", "recall", "accuracy"):
+        assert onnx_report["metrics"][key] == pytest.approx(report["metrics"][key], abs=1e-9)
+
+
+# --- entity-level metrics --------------------------------------------------------------------------
+
+
+def test_entities_follow_seqeval_default_chunking():
+    assert entities(["B-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-PER"]) == \
+        [(0, "PER", 0, 1), (0, "LOC", 3, 3), (0, "LOC", 4, 4), (0, "PER", 5, 5)]  # I- after O or a new type starts one
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-LOC", "I-LOC", "O"]]
+    pred = [["B-PER", "I-PER", "O", "I-LOC"], ["O", "B-LOC", "O", "O"]]
+    # worked by hand: gold PER 0-1, LOC 3, LOC 1-2 (sentence 2); predicted PER 0-1, LOC 3, LOC 1: 2 of 3 each way
+    assert entity_scores(gold, pred) == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3,
+                                                       "accuracy": 6 / 8})
+    # sentences are chunked apart: gold is two entities (one per sentence), not one spanning both
+    assert entity_scores([["B-PER"], ["I-PER"]], [["B-PER"], ["B-PER"]])["f1"] == 1.0
+    assert entity_scores([["O"]], [["O"]]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "accuracy": 1.0}
+
+
+def _conlleval_f1(gold: list[list[str]], pred: list[list[str]]) -> float:
+    conlleval = pytest.importorskip("conlleval")  # the CoNLL-2000 script, ported: an independent reference
+    lines = [line for g, p in zip(gold, pred) for line in [*(f"w {a} {b}" for a, b in zip(g, p)), ""]]
+    return conlleval.evaluate(lines)["overall"]["chunks"]["evals"]["f1"]
+
+
+def test_evaluate_reports_the_entity_f1_a_reference_computes(ner_profile: Path, bert_ner: Path, ner_data):
+    report = _ok(["evaluate", str(ner_profile), "--json", "--model", "teacher"])
+    rows = [json.loads(line) for line in ner_data["eval"].read_text().splitlines()]
+    tokenizer = BertTokenizerFast.from_pretrained(bert_ner)
+    model = BertForTokenClassification.from_pretrained(bert_ner).eval()
+    gold, pred = [], []
+    for row in rows:  # transformers' own recipe, word by word: the first sub-token's prediction
+        encoded = tokenizer(row["tokens"], is_split_into_words=True, return_tensors="pt")
+        with torch.no_grad():
+            best = model(**encoded).logits[0].argmax(-1).tolist()
+        word_ids, seen = encoded.word_ids(0), set()
+        tags = []
+        for position, word in enumerate(word_ids):
+            if word is not None and word not in seen:
+                seen.add(word)
+                tags.append(TAGS[best[position]])
+        gold.append(row["tags"])
+        pred.append(tags)
+    expected = entity_scores(gold, pred)
+    assert report["metrics"] == pytest.approx(expected)
+    assert report["metrics"]["f1"] == pytest.approx(_conlleval_f1(gold, pred))
