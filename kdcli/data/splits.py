@@ -95,10 +95,10 @@ def _text_split(profile: Profile, path: Path, model: Adapter, classes: LabelMap 
     examples = data.read_text(path, text_column=d.text_column,
                               label_column=d.label_column if classes is not None else None,
                               label2id=classes.label2id if classes is not None else None,
-                              limit=d.limit, unknown_hint=hint)
+                              limit=d.limit, unknown_hint=hint, pair_column=d.text_pair_column)
     pipeline = model.pipeline if profile.task.output == "embedding" else None
     if pipeline is not None and pipeline.do_lower_case:  # sentence-transformers lowercases before tokenizing
-        examples = [data.TextExample(e.text.lower(), e.label, e.source) for e in examples]
+        examples = [data.TextExample(e.text.lower(), e.label, e.source, e.pair and e.pair.lower()) for e in examples]
     limit = model.max_length  # a sentence-transformers pipeline's max_seq_length, if any
     features = data.tokenize(examples, tokenizer, min(d.max_length, limit) if limit else d.max_length)
     return Split(kind="text", size=len(features), lengths=[len(f["input_ids"]) for f in features],

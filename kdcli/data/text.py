@@ -32,6 +32,7 @@ class TextExample:
     text: str
     label: int | None
     source: str  # "file:line", or a jsonl row's "id" field, for traceability
+    pair: str | None = None  # the second text of a pair (data.text_pair_column)
 
 
 class _Row(NamedTuple):
@@ -43,8 +44,10 @@ class _Row(NamedTuple):
 
 def read_text(path: Path | str, text_column: str = "sentence", label_column: str | None = "label",
               label2id: dict[str, int] | None = None, require_labels: bool = False,
-              limit: int | None = None, unknown_hint: str | None = None) -> list[TextExample]:
-    """Read a .csv/.tsv (header row), .jsonl (one object a line) or .txt (one text a line) file.
+              limit: int | None = None, unknown_hint: str | None = None,
+              pair_column: str | None = None) -> list[TextExample]:
+    """Read a .csv/.tsv (header row), .jsonl (one object a line) or .txt (one text a line) file; with
+    `pair_column`, each example is a pair of texts (the second from that column).
 
     Labels are mapped through label2id (names or in-range integer ids); without label2id they must
     be non-negative integers. A file without the label column reads as unlabeled unless
@@ -53,7 +56,16 @@ def read_text(path: Path | str, text_column: str = "sentence", label_column: str
     """
     rows = _rows(Path(path), text_column, label_column, require_labels)[:limit]
     labels = _labels(Path(path), rows, label_column, label2id, require_labels, unknown_hint)
-    return [TextExample(r.text, label, r.source) for r, label in zip(rows, labels)]
+    pairs = _pairs(Path(path), pair_column, limit) if pair_column else [None] * len(rows)
+    return [TextExample(r.text, label, r.source, pair) for r, label, pair in zip(rows, labels, pairs)]
+
+
+def _pairs(path: Path, column: str, limit: int | None) -> list[str | None]:
+    """The second text of each row: the same reader, on the pair column (a missing or empty one named)."""
+    if path.suffix.lower() == ".txt":
+        raise DataError(f"{path}: a .txt file holds one text a line, and data.text_pair_column asks for pairs",
+                        hint="use a .csv, .tsv or .jsonl file with both columns")
+    return [r.text for r in _rows(path, column, None, False)[:limit]]
 
 
 def read_labels(path: Path | str, text_column: str = "sentence", label_column: str = "label",
@@ -305,13 +317,20 @@ def check_train_labels(split: Any, source: str, *, num_classes: int | None, need
 
 
 def tokenize(examples: Sequence[TextExample], tokenizer: Any, max_length: int) -> list[dict]:
-    """Token ids (truncated to max_length, unpadded) and label for each example."""
+    """Token ids (truncated to max_length, unpadded) and label for each example. Pairs are encoded as the
+    tokenizer pairs texts ([CLS] a [SEP] b [SEP], token types where it gives them), truncated longest first."""
     features: list[dict] = []
     step = 1024  # batched calls let a fast tokenizer use its threads
+    pairs = bool(examples) and examples[0].pair is not None
     for start in range(0, len(examples), step):
         chunk = examples[start: start + step]
-        encoded = tokenizer([e.text for e in chunk], truncation=True, max_length=max_length)
-        features += [{"input_ids": list(ids), "label": e.label} for ids, e in zip(encoded["input_ids"], chunk)]
+        second = [e.pair or "" for e in chunk] if pairs else None
+        encoded = tokenizer([e.text for e in chunk], second, truncation=True, max_length=max_length)
+        for row, e in enumerate(chunk):
+            feature = {"input_ids": list(encoded["input_ids"][row]), "label": e.label}
+            if pairs and "token_type_ids" in encoded:
+                feature["token_type_ids"] = list(encoded["token_type_ids"][row])
+            features.append(feature)
     return features
 
 

@@ -103,6 +103,8 @@ class DataSpec(Strict):
     transfer: DataPath | None = Field(None, description="unlabeled inputs the student learns the teacher's outputs on")
     transfer_ratio: float = Field(1.0, gt=0.0, le=100.0, description="transfer samples per labelled one in a batch")
     text_column: str = "sentence"
+    text_pair_column: str | None = Field(None, description="the second text of a pair (NLI, paraphrase, "
+                                                           "cross-encoders), tokenized as the teacher pairs texts")
     label_column: str = "label"
     max_length: int = Field(128, ge=4, le=8192)
     image_size: int | None = Field(None, ge=8, le=4096)

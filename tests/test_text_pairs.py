@@ -1,0 +1,99 @@
+"""Text pairs (NLI, paraphrase, cross-encoders): data.text_pair_column tokenized as the teacher's tokenizer pairs
+texts, token types kept where the teacher reads them, and the export taking them as an input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tests.conftest import WORDS
+from transformers import BertForSequenceClassification, BertTokenizerFast
+from typer.testing import CliRunner
+
+from kdcli.cli import app
+from kdcli.data.splits import load_split
+from kdcli.models import load_model
+from kdcli.profile import load_profile
+
+
+@pytest.fixture()
+def pairs_tsv(tmp_path: Path) -> Path:
+    gen = torch.Generator().manual_seed(3)
+
+    def text(n: int) -> str:
+        return " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (n,), generator=gen))
+    rows = ["premise\thypothesis\tlabel"] + [f"{text(3 + i % 5)}\t{text(2 + i % 4)}\t{['negative', 'positive'][i % 2]}"
+                                             for i in range(24)]
+    path = tmp_path / "pairs.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture()
+def pair_profile(write_profile, bert_cls: Path, pairs_tsv: Path) -> Path:
+    return write_profile({
+        "name": "nli", "task": "sequence-classification", "teacher": {"path": str(bert_cls)},
+        "student": {"path": "student-init", "init": {"layers": [0, 3]}},
+        "data": {"train": str(pairs_tsv), "eval": str(pairs_tsv), "text_column": "premise",
+                 "text_pair_column": "hypothesis", "max_length": 12},
+        "distill": {"losses": [{"kind": "ce", "weight": 0.5}, {"kind": "hinton", "temperature": 2.0}]},
+        "train": {"max_steps": 2, "batch_size": 8, "lr": 1e-3, "device": "cpu"},
+        "export": {"batch_sizes": [1]}, "output": "run"})
+
+
+def _run(args: list[str]):  # noqa: ANN202 - click's Result
+    return CliRunner().invoke(app, args)
+
+
+def test_pairs_are_tokenized_as_the_tokenizer_pairs_them(pair_profile: Path, bert_cls: Path, pairs_tsv: Path):
+    profile = load_profile(pair_profile)
+    split = load_split(profile, "train", load_model("transformers", bert_cls, profile.task))
+    rows = [line.split("\t") for line in pairs_tsv.read_text().splitlines()[1:]]
+    tokenizer = BertTokenizerFast.from_pretrained(bert_cls)
+    own = tokenizer([r[0] for r in rows], [r[1] for r in rows], truncation=True, max_length=12)
+    assert [f["input_ids"] for f in split.features] == own["input_ids"]
+    assert [f["token_type_ids"] for f in split.features] == own["token_type_ids"]
+    assert any(1 in types for types in own["token_type_ids"])  # the second text is segment 1
+    assert split.collate([0, 1])["token_type_ids"].shape == split.collate([0, 1])["input_ids"].shape
+
+
+def test_a_pair_job_runs_and_exports_with_token_types(pair_profile: Path, bert_cls: Path, one_thread):
+    for command in ("init-student", "distill"):
+        result = _run([command, str(pair_profile), "--quiet"])
+        assert result.exit_code == 0, result.output
+    result = _run(["evaluate", str(pair_profile), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in json.loads(result.stdout)["metrics"]
+    result = _run(["export", str(pair_profile), "--json", "--no-latency"])
+    assert result.exit_code == 0, result.output
+    exported = json.loads(result.stdout)
+    assert exported["parity"]["ok"]
+    import onnxruntime as ort
+    session = ort.InferenceSession(exported["onnx"], providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    # the served folder's tokenizer pairs texts, and the ONNX model reads them as the student does
+    tokenizer = BertTokenizerFast.from_pretrained("run/export")
+    encoded = tokenizer(["the film was good"], ["it is great"], return_tensors="np")
+    (logits,) = session.run(None, {k: encoded[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
+    student = BertForSequenceClassification.from_pretrained("run/student").eval()
+    with torch.no_grad():
+        expected = student(**{k: torch.from_numpy(v) for k, v in encoded.items()}).logits
+    assert torch.allclose(torch.from_numpy(logits), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("init", [{"layers": [0, 3], "drop": ["token_type_embeddings"]},
+                                  {"layers": [0, 3], "architecture": "distilbert"}])
+def test_folding_token_types_away_is_refused_for_pairs(pair_profile: Path, init: dict):
+    result = _run(["init-student", str(pair_profile), "--set", f"student.init={json.dumps(init)}"])
+    assert result.exit_code == 2, result.output
+    assert "token types" in result.output and "text_pair_column" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_missing_pair_column_is_bad_input(pair_profile: Path):
+    assert _run(["init-student", str(pair_profile), "--quiet"]).exit_code == 0
+    result = _run(["distill", str(pair_profile), "--set", "data.text_pair_column=hypothesys"])
+    assert result.exit_code == 2, result.output
+    assert "no column 'hypothesys'" in result.output and "did you mean 'hypothesis'" in result.output
