@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import WORDS
 from transformers import BertForSequenceClassification, BertTokenizerFast
 from typer.testing import CliRunner
 
@@ -16,6 +15,7 @@ from kdcli.cli import app
 from kdcli.data.splits import load_split
 from kdcli.models import load_model
 from kdcli.profile import load_profile
+from tests.conftest import WORDS
 
 
 @pytest.fixture()
@@ -43,7 +43,7 @@ def pair_profile(write_profile, bert_cls: Path, pairs_tsv: Path) -> Path:
         "export": {"batch_sizes": [1]}, "output": "run"})
 
 
-def _run(args: list[str]):  # noqa: ANN202 - click's Result
+def _run(args: list[str]):
     return CliRunner().invoke(app, args)
 
 

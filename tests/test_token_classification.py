@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.conftest import tiny_bert_config
 from transformers import BertForTokenClassification, BertTokenizerFast
 from typer.testing import CliRunner
 
@@ -19,6 +18,7 @@ from kdcli.losses import build_losses
 from kdcli.models import load_model
 from kdcli.profile import load_profile
 from kdcli.tag_metrics import entities, entity_scores
+from tests.conftest import tiny_bert_config
 
 TAGS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
 # Whole words, and pieces: "walking" is walk ##ing, "annas" is anna ##s, "paris" one token.
@@ -218,3 +218,30 @@ def test_evaluate_reports_the_entity_f1_a_reference_computes(ner_profile: Path, 
     expected = entity_scores(gold, pred)
     assert report["metrics"] == pytest.approx(expected)
     assert report["metrics"]["f1"] == pytest.approx(_conlleval_f1(gold, pred))
+
+
+# --- bad input --------------------------------------------------------------------------------------
+
+
+def test_a_tag_the_teacher_does_not_know_is_bad_input(ner_profile: Path, tmp_path: Path):
+    bad = write_conll(tmp_path / "bad.conll", [(["anna", "went", "to", "paris"], ["B-PER", "O", "O", "B-CITY"])])
+    result = CliRunner().invoke(app, ["check", str(ner_profile), "--set", f"data.train={bad}"])
+    assert result.exit_code == 2, result.output
+    assert "unknown tag 'B-CITY'" in result.output and "bad.conll:3" in result.output  # the sentence's first line
+    assert "Traceback" not in result.output
+
+
+def test_a_tag_outside_bio_is_bad_input(write_profile, tmp_path: Path, bert_encoder: Path):
+    data = write_conll(tmp_path / "iobes.conll", [(["the", "film"], ["S-PER", "O"])])  # classes from the data
+    profile = write_profile({"name": "t", "task": "token-classification", "student": {"path": str(bert_encoder)},
+                             "data": {"train": str(data)}, "output": "o"})
+    result = CliRunner().invoke(app, ["check", str(profile)])
+    assert result.exit_code == 2, result.output
+    assert "not a BIO/IOB2 tag" in result.output
+
+
+def test_sentences_longer_than_max_length_are_cut_with_a_warning_that_counts_them(ner_profile: Path):
+    assert _ok(["init-student", str(ner_profile), "--quiet"]) == {}
+    result = CliRunner().invoke(app, ["check", str(ner_profile), "--set", "data.max_length=6"])
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.output and "sentences are longer than data.max_length 6" in result.output

@@ -134,7 +134,8 @@ def _evaluate_outputs(profile: Profile, split: Split, forward: Forward, teacher:
     """Whole-output tasks: each model over the split, then task metrics and agreement on the collected outputs."""
     batch_size = profile.train.batch_size
     s_out, labels, s_rate = _timed(forward, split, batch_size, where, _follow(on_batch, "student"))
-    report = EvalReport(model="", task=profile.task.name, samples=split.size, metrics=task_metrics(s_out, labels, split),
+    report = EvalReport(model="", task=profile.task.name, samples=split.size,
+                        metrics=task_metrics(s_out, labels, split),
                         params={"student": None, "teacher": None}, size_bytes={"student": None, "teacher": None},
                         samples_per_s={"student": s_rate, "teacher": None})
     if teacher is not None:
