@@ -245,3 +245,27 @@ def test_sentences_longer_than_max_length_are_cut_with_a_warning_that_counts_the
     result = CliRunner().invoke(app, ["check", str(ner_profile), "--set", "data.max_length=6"])
     assert result.exit_code == 0, result.output
     assert "warning:" in result.output and "sentences are longer than data.max_length 6" in result.output
+
+
+# --- pseudo-label -----------------------------------------------------------------------------------
+
+
+def test_pseudo_label_tags_every_word_and_keeps_sentences_whose_every_word_passes(ner_profile: Path, tmp_path: Path):
+    unlabeled = tmp_path / "raw.txt"
+    unlabeled.write_text("\n".join(" ".join(words) for words, _ in sentences(10, 5)) + "\n")
+    result = _ok(["pseudo-label", str(ner_profile), "--json", "--set", f"data.unlabeled={unlabeled}"])
+    assert result["total"] == 10
+    records = [json.loads(line) for line in Path(result["output"]).read_text().splitlines()]
+    for record in records:
+        assert len(record["tokens"]) == len(record["tags"]) == len(record["confidences"])
+        assert set(record["tags"]) <= set(TAGS)
+        assert record["confidence"] == min(record["confidences"])
+    median = sorted(r["confidence"] for r in records)[len(records) // 2]
+    result = _ok(["pseudo-label", str(ner_profile), "--json", "--set", f"data.unlabeled={unlabeled}",
+                  "--set", f"pseudo.threshold={median}"])
+    kept = [json.loads(line) for line in Path(result["output"]).read_text().splitlines()]
+    assert kept and all(min(r["confidences"]) >= median for r in kept)
+    assert len(kept) == sum(r["confidence"] >= median for r in records) < len(records) + 1
+    # the records are {tokens, tags} rows: training data as they are
+    assert CliRunner().invoke(app, ["check", str(ner_profile), "--set",
+                                    f"data.train={result['output']}"]).exit_code == 0

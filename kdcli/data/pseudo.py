@@ -38,6 +38,9 @@ def read_labels(path: Path) -> list[dict[str, Any]]:
 
 def pseudo_split(profile: Profile, model: Adapter) -> tuple[Split, Tensor]:
     """The pseudo-labelled samples of data.pseudo, and their targets (soft top-k or one-hot)."""
+    if profile.task.pseudo == "tags":  # its records are {tokens, tags} rows: training data as they are
+        raise DataError(f"data.pseudo: {profile.task} reads the teacher's tags as training data",
+                        hint=f"set data.train (or data.transfer) to {Path(profile.data.pseudo).name} instead")
     rows = read_labels(Path(profile.data.pseudo))
     classes = model.num_labels or 1 + max(int(r["label"]) for r in rows)
     if profile.task.data == "image":

@@ -20,7 +20,7 @@ from kdcli.errors import DataError, DataWarning
 from kdcli.profile import Profile
 
 CONLL_SUFFIXES = (".conll", ".conllu", ".bio", ".iob", ".iob2")
-TOKEN_SUFFIXES = CONLL_SUFFIXES + (".jsonl", ".csv", ".tsv")
+TOKEN_SUFFIXES = CONLL_SUFFIXES + (".jsonl", ".csv", ".tsv", ".txt")
 IGNORED = -100  # transformers' ignore index: sub-tokens after the first, special tokens, padding
 
 
@@ -35,7 +35,8 @@ def read_tagged(path: Path | str, tokens_column: str = "tokens", tags_column: st
                 limit: int | None = None) -> list[TaggedExample]:
     """Sentences of a CoNLL-style file (a word and its tag per line, the tag last; a blank line between
     sentences; `-DOCSTART-` lines skipped), a .jsonl file ({"tokens": [...], "tags": [...]}), a .csv/.tsv file
-    (words and tags as space-separated strings) or a Hugging Face dataset (list columns)."""
+    (words and tags as space-separated strings), a Hugging Face dataset (list columns), or, unlabeled, a .txt
+    file (one sentence a line)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if is_hf_dataset(path):
@@ -46,6 +47,9 @@ def read_tagged(path: Path | str, tokens_column: str = "tokens", tags_column: st
         sentences = _jsonl(path, read_utf8(path), tokens_column, tags_column)
     elif suffix in (".csv", ".tsv"):
         sentences = _table(path, tokens_column, tags_column)
+    elif suffix == ".txt":  # unlabeled: one sentence a line, words split at whitespace
+        sentences = [TaggedExample(tuple(line.split()), None, f"{path.name}:{n}")
+                     for n, line in enumerate(read_utf8(path).split("\n"), 1) if line.strip()]
     else:
         raise DataError(f"{path}: unsupported file type '{suffix or '(none)'}' for tagged words",
                         hint=f"use one of {', '.join(TOKEN_SUFFIXES)}, parquet/arrow or a save_to_disk folder")
@@ -198,7 +202,8 @@ def align(sentences: Sequence[TaggedExample], labels: Sequence[list[int] | None]
                 label = [IGNORED] * len(word_ids)
                 for position in firsts:
                     label[position] = word_labels[word_ids[position]]
-            features.append({"input_ids": list(encoded["input_ids"][row]), "words": firsts, "label": label})
+            features.append({"input_ids": list(encoded["input_ids"][row]), "words": firsts, "label": label,
+                             "tokens": list(s.words)})
     if cut:
         warnings.warn(f"{path}: {cut} of {len(sentences)} sentences are longer than data.max_length {max_length} "
                       "tokens and were cut (their last words are not scored)", DataWarning, stacklevel=2)
