@@ -269,3 +269,50 @@ def test_pseudo_label_tags_every_word_and_keeps_sentences_whose_every_word_passe
     # the records are {tokens, tags} rows: training data as they are
     assert CliRunner().invoke(app, ["check", str(ner_profile), "--set",
                                     f"data.train={result['output']}"]).exit_code == 0
+
+
+# --- every encoder family that loads ------------------------------------------------------------------
+
+FAST_FAMILIES = ("roberta", "distilbert", "bert->distilbert")
+
+
+def _family_params() -> list:
+    from tests.test_families import ENCODERS
+    names = [*ENCODERS, "bert->distilbert"]
+    return [pytest.param(n, marks=() if n in FAST_FAMILIES else pytest.mark.slow) for n in names]
+
+
+@pytest.mark.parametrize("family", _family_params())
+def test_every_encoder_family_tags_through_the_whole_job(family: str, tmp_path: Path, write_profile, one_thread):
+    import transformers as tf
+
+    from tests.conftest import write_tokenizer as write_words_tokenizer
+    from tests.test_families import ENCODERS
+    base = family.split("->")[0]
+    torch.manual_seed(0)
+    config = ENCODERS[base]()
+    config.id2label, config.label2id = dict(enumerate(TAGS)), {t: i for i, t in enumerate(TAGS)}
+    teacher = tmp_path / "teacher"
+    tf.AutoModelForTokenClassification.from_config(config).save_pretrained(teacher)
+    write_words_tokenizer(teacher)
+    gen = torch.Generator().manual_seed(0)
+    rows = [(w, [TAGS[int(i)] for i in torch.randint(len(TAGS), (len(w),), generator=gen)])
+            for w in (["the", "film", "was", "good"], ["a", "story", "and", "a", "plot"], ["it", "is", "fun"])] * 4
+    data = write_conll(tmp_path / "tags.conll", rows)
+    init = {"layers": [0, 2], **({"architecture": "distilbert"} if "->" in family else {})}
+    profile = write_profile({
+        "name": family.replace(">", ""), "task": "token-classification", "teacher": {"path": str(teacher)},
+        "student": {"path": "student-init", "init": init},
+        "data": {"train": str(data), "eval": str(data), "max_length": 16},
+        "distill": {"losses": [{"kind": "ce", "weight": 0.5}, {"kind": "hinton", "temperature": 2.0},
+                               {"kind": "hidden_mse", "layers": "uniform"}]},
+        "train": {"max_steps": 2, "batch_size": 8, "lr": 1e-3, "threads": 1}, "export": {"batch_sizes": [2]},
+        "output": "run"})
+    _ok(["init-student", str(profile), "--quiet"])
+    student = tf.AutoModelForTokenClassification.from_pretrained("student-init")
+    assert student.config.id2label == dict(enumerate(TAGS))
+    original = tf.AutoModelForTokenClassification.from_pretrained(teacher)
+    assert torch.equal(student.classifier.weight, original.classifier.weight)  # the head, copied bit for bit
+    _ok(["distill", str(profile), "--quiet"])
+    assert "f1" in _ok(["evaluate", str(profile), "--json"])["metrics"]
+    assert _ok(["export", str(profile), "--json", "--no-latency"])["parity"]["ok"]
