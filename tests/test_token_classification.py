@@ -316,3 +316,26 @@ def test_every_encoder_family_tags_through_the_whole_job(family: str, tmp_path: 
     _ok(["distill", str(profile), "--quiet"])
     assert "f1" in _ok(["evaluate", str(profile), "--json"])["metrics"]
     assert _ok(["export", str(profile), "--json", "--no-latency"])["parity"]["ok"]
+
+
+def test_the_teacher_cache_and_a_transfer_set_serve_tagged_words(ner_profile: Path, bert_ner: Path, tmp_path: Path):
+    from kdcli.train.cache import TeacherCache
+    profile = load_profile(ner_profile)
+    teacher = load_model("transformers", bert_ner, profile.task)
+    split = load_split(profile, "train", teacher)
+    losses = build_losses(profile.loss_specs()[:3], teacher, teacher)
+    cache = TeacherCache.load_or_build(teacher, split, frozenset({"logits"}), torch.nn.ModuleList(losses), 8,
+                                       torch.device("cpu"), tmp_path / "cache.pt")
+    batch = split.collate([0, 5, 9])
+    live = teacher.forward(batch).logits
+    cached = cache.outputs(batch["index"], batch, torch.device("cpu")).logits
+    real = batch["attention_mask"].bool()
+    assert cached.shape == live.shape and torch.allclose(cached[real], live[real], atol=1e-5)
+    raw = tmp_path / "raw.txt"  # unlabeled sentences: the student learns the teacher's tags on their words
+    raw.write_text("\n".join(" ".join(words) for words, _ in sentences(16, 9)) + "\n")
+    _ok(["init-student", str(ner_profile), "--quiet"])
+    _ok(["distill", str(ner_profile), "--quiet", "--set", "train.cache_teacher=true", "--set",
+         f"data.transfer={raw}", "--set", 'distill.losses=[{kind: ce, weight: 0.5}, {kind: hinton}]'])
+    logged = [json.loads(line) for line in Path("run/metrics.jsonl").read_text().splitlines()]
+    assert any("loss/transfer/hinton" in record for record in logged)
+    assert not any("loss/transfer/ce" in record for record in logged)  # the label loss skips transfer words
