@@ -65,7 +65,7 @@ def test_a_pair_job_runs_and_exports_with_token_types(pair_profile: Path, bert_c
         assert result.exit_code == 0, result.output
     result = _run(["evaluate", str(pair_profile), "--json"])
     assert result.exit_code == 0, result.output
-    assert "accuracy" in json.loads(result.stdout)["metrics"]
+    accuracy = json.loads(result.stdout)["metrics"]["accuracy"]
     result = _run(["export", str(pair_profile), "--json", "--no-latency"])
     assert result.exit_code == 0, result.output
     exported = json.loads(result.stdout)
@@ -81,6 +81,9 @@ def test_a_pair_job_runs_and_exports_with_token_types(pair_profile: Path, bert_c
     with torch.no_grad():
         expected = student(**{k: torch.from_numpy(v) for k, v in encoded.items()}).logits
     assert torch.allclose(torch.from_numpy(logits), expected, atol=1e-4)
+    result = _run(["evaluate", str(pair_profile), "--json", "--model", exported["onnx"]])  # judged as it ships
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["metrics"]["accuracy"] == pytest.approx(accuracy)
 
 
 @pytest.mark.parametrize("init", [{"layers": [0, 3], "drop": ["token_type_embeddings"]},
@@ -97,3 +100,18 @@ def test_a_missing_pair_column_is_bad_input(pair_profile: Path):
     result = _run(["distill", str(pair_profile), "--set", "data.text_pair_column=hypothesys"])
     assert result.exit_code == 2, result.output
     assert "no column 'hypothesys'" in result.output and "did you mean 'hypothesis'" in result.output
+
+
+def test_pseudo_labels_of_pairs_keep_both_texts_and_train_on_them(pair_profile: Path, pairs_tsv: Path):
+    assert _run(["init-student", str(pair_profile), "--quiet"]).exit_code == 0
+    result = _run(["pseudo-label", str(pair_profile), "--json", "--set", f"data.unlabeled={pairs_tsv}"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in Path(json.loads(result.stdout)["output"]).read_text().splitlines()]
+    rows = [line.split("\t") for line in pairs_tsv.read_text().splitlines()[1:]]
+    assert [(r["text"], r["text_pair"]) for r in records] == [(a, b) for a, b, _ in rows]
+    profile = load_profile(pair_profile, [f"data.pseudo={json.loads(result.stdout)['output']}"])
+    from kdcli.data.pseudo import pseudo_split
+    split, _ = pseudo_split(profile, load_model("transformers", profile.teacher.path, profile.task))
+    tokenizer = BertTokenizerFast.from_pretrained(profile.teacher.path)
+    assert [f["input_ids"] for f in split.features] == \
+        tokenizer([a for a, _, _ in rows], [b for _, b, _ in rows], truncation=True, max_length=12)["input_ids"]

@@ -273,7 +273,7 @@ def test_pseudo_label_tags_every_word_and_keeps_sentences_whose_every_word_passe
 
 # --- every encoder family that loads ------------------------------------------------------------------
 
-FAST_FAMILIES = ("roberta", "distilbert", "bert->distilbert")
+FAST_FAMILIES = ("distilbert", "bert->distilbert")
 
 
 def _family_params() -> list:

@@ -131,6 +131,8 @@ def _record(i: int, split: Split, probs: torch.Tensor, names: list[str], topk: i
     values, labels = probs.topk(min(topk, probs.numel()))
     record: dict[str, Any] = {"id": i, "source": split.sources[i]}
     record["text" if split.kind == "text" else "path"] = split.texts[i] if split.kind == "text" else split.sources[i]
+    if split.kind == "text" and split.features[i].get("text_pair") is not None:  # a pair: both texts
+        record["text_pair"] = split.features[i]["text_pair"]
     record.update({"label": int(label), "label_name": names[int(label)], "confidence": round(float(conf), 6),
                    "topk": [[int(k), round(float(v), 6)] for k, v in zip(labels, values)]})
     return record

@@ -51,7 +51,8 @@ def pseudo_split(profile: Profile, model: Adapter) -> tuple[Split, Tensor]:
                             f"data.unlabeled has {split.sources[rows.index(stray)]!r} there",
                             hint="pseudo-label the same file that data.unlabeled names")
     else:
-        examples = [TextExample(text=r["text"], label=None, source=str(r.get("source", r["id"]))) for r in rows]
+        examples = [TextExample(text=r["text"], label=None, source=str(r.get("source", r["id"])),
+                                pair=r.get("text_pair")) for r in rows]
         features = tokenize(examples, model.tokenizer, profile.data.max_length)
         split = Split(kind="text", size=len(features), lengths=[len(f["input_ids"]) for f in features],
                       features=features, sources=[e.source for e in examples], texts=[e.text for e in examples],

@@ -328,6 +328,8 @@ def tokenize(examples: Sequence[TextExample], tokenizer: Any, max_length: int) -
         encoded = tokenizer([e.text for e in chunk], second, truncation=True, max_length=max_length)
         for row, e in enumerate(chunk):
             feature = {"input_ids": list(encoded["input_ids"][row]), "label": e.label}
+            if pairs:  # the second text, for what writes examples back (pseudo-label's labels.jsonl)
+                feature["text_pair"] = e.pair
             if pairs and "token_type_ids" in encoded:
                 feature["token_type_ids"] = list(encoded["token_type_ids"][row])
             features.append(feature)
