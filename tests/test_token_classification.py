@@ -266,9 +266,14 @@ def test_pseudo_label_tags_every_word_and_keeps_sentences_whose_every_word_passe
     kept = [json.loads(line) for line in Path(result["output"]).read_text().splitlines()]
     assert kept and all(min(r["confidences"]) >= median for r in kept)
     assert len(kept) == sum(r["confidence"] >= median for r in records) < len(records) + 1
-    # the records are {tokens, tags} rows: training data as they are
+    # the records are {tokens, tags} rows: training data as they are, or pseudo-labels beside the labels
     assert CliRunner().invoke(app, ["check", str(ner_profile), "--set",
                                     f"data.train={result['output']}"]).exit_code == 0
+    _ok(["init-student", str(ner_profile), "--quiet"])
+    _ok(["distill", str(ner_profile), "--quiet", "--set", f"data.pseudo={result['output']}",
+         "--set", "train.max_steps=2"])
+    logged = [json.loads(line) for line in Path("run/metrics.jsonl").read_text().splitlines()]
+    assert any(record.get("loss/pseudo", 0) > 0 for record in logged)
 
 
 # --- every encoder family that loads ------------------------------------------------------------------

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from kdcli.data import TextExample, tokenize
-from kdcli.data.splits import Split, load_split, subset
+from kdcli.data.labels import job_labels
+from kdcli.data.splits import Split, load_split, pseudo_tags_split, subset
 from kdcli.errors import DataError
 from kdcli.models import Adapter
 from kdcli.profile import Profile
@@ -38,9 +39,13 @@ def read_labels(path: Path) -> list[dict[str, Any]]:
 
 def pseudo_split(profile: Profile, model: Adapter) -> tuple[Split, Tensor]:
     """The pseudo-labelled samples of data.pseudo, and their targets (soft top-k or one-hot)."""
-    if profile.task.pseudo == "tags":  # its records are {tokens, tags} rows: training data as they are
-        raise DataError(f"data.pseudo: {profile.task} reads the teacher's tags as training data",
-                        hint=f"set data.train (or data.transfer) to {Path(profile.data.pseudo).name} instead")
+    if profile.task.pseudo == "tags":  # {tokens, tags} rows: the teacher's tag for each word, as hard labels
+        if not Path(profile.data.pseudo).is_file():
+            raise DataError(f"data.pseudo: {profile.data.pseudo} not found", hint="run kdcli pseudo-label first")
+        classes = job_labels(profile, model.path if profile.teacher is None else None)
+        assert classes is not None, "a task with classes has a label mapping"
+        split = pseudo_tags_split(profile, model, classes)
+        return split, torch.zeros(split.size, 0)  # no per-sample targets: the split's labels are per word
     rows = read_labels(Path(profile.data.pseudo))
     classes = model.num_labels or 1 + max(int(r["label"]) for r in rows)
     if profile.task.data == "image":

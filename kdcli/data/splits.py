@@ -106,8 +106,9 @@ def _text_split(profile: Profile, path: Path, model: Adapter, classes: LabelMap 
                  pad_token_id=tokenizer.pad_token_id or 0)
 
 
-def _tokens_split(profile: Profile, path: Path, tokenizer: object, classes: LabelMap | None) -> Split:
-    words, tags = token_columns(profile)
+def _tokens_split(profile: Profile, path: Path, tokenizer: object, classes: LabelMap | None,
+                  columns: tuple[str, str] | None = None) -> Split:
+    words, tags = columns or token_columns(profile)
     sentences = read_tagged(path, words, tags if classes is not None else None, profile.data.limit)
     labels: list[list[int] | None] = [None] * len(sentences)
     if classes is not None:
@@ -118,6 +119,11 @@ def _tokens_split(profile: Profile, path: Path, tokenizer: object, classes: Labe
                  features=features, sources=[s.source for s in sentences], texts=[" ".join(s.words) for s in sentences],
                  pad_token_id=tokenizer.pad_token_id or 0,  # type: ignore[attr-defined]
                  classes=classes.names if classes is not None else ())
+
+
+def pseudo_tags_split(profile: Profile, model: Adapter, classes: LabelMap) -> Split:
+    """pseudo-label's tagged sentences (labels.jsonl: {tokens, tags} rows) as a labelled split."""
+    return _tokens_split(profile, Path(str(profile.data.pseudo)), model.tokenizer, classes, ("tokens", "tags"))
 
 
 def lm_columns(profile: Profile) -> Columns:
