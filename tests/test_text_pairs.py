@@ -115,3 +115,8 @@ def test_pseudo_labels_of_pairs_keep_both_texts_and_train_on_them(pair_profile: 
     tokenizer = BertTokenizerFast.from_pretrained(profile.teacher.path)
     assert [f["input_ids"] for f in split.features] == \
         tokenizer([a for a, _, _ in rows], [b for _, b, _ in rows], truncation=True, max_length=12)["input_ids"]
+
+
+def test_a_pair_column_on_a_task_of_single_texts_is_refused(pair_profile: Path):
+    result = _run(["check", str(pair_profile), "--set", "task=masked-lm"])
+    assert result.exit_code == 2 and "reads one text per example" in result.output, result.output

@@ -35,11 +35,14 @@ def _keep_token_types(profile: Profile, teacher: Adapter) -> None:
     """Text pairs through a teacher that reads token types: a student without them (token types folded into
     the positions, or DistilBERT) would see every pair as one segment, silently unlike its teacher."""
     init = profile.student.init
-    folds = "token_type_ids" if "token_type_embeddings" in init.drop else None
-    folds = "architecture: distilbert" if init.architecture == "distilbert" else folds
-    if not (teacher.pairs and teacher.token_types and folds):
+    if not (teacher.pairs and teacher.token_types):
         return
-    what = "student.init.drop: [token_type_embeddings]" if folds == "token_type_ids" else "student.init." + folds
+    if init.architecture == "distilbert":
+        what = "student.init.architecture: distilbert (no token-type table)"
+    elif "token_type_embeddings" in init.drop:
+        what = "student.init.drop: [token_type_embeddings]"
+    else:
+        return
     raise BadInput(f"{what} folds the teacher's token types away, and data.text_pair_column gives text pairs whose "
                    "second text the teacher marks with token type 1",
                    hint="keep the token types for pairs: remove token_type_embeddings from student.init.drop "

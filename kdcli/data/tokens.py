@@ -158,7 +158,8 @@ def check_scheme(names: Sequence[str], where: str) -> None:
     bad = [n for n in names if n != "O" and not (n[:2] in ("B-", "I-") and len(n) > 2)]
     if bad:
         raise DataError(f"{where}: tag {bad[0]!r} is not a BIO/IOB2 tag",
-                        hint="token classification reads BIO/IOB2 tags: O, B-TYPE, I-TYPE")
+                        hint="token classification reads BIO/IOB2 tags: O, B-TYPE, I-TYPE; tags written as ids "
+                             "are named by the teacher's id2label, or by data.classes in id order")
 
 
 def tag_ids(sentences: Sequence[TaggedExample], path: Path, id_of: Any, known: str) -> list[list[int] | None]:

@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -103,7 +104,7 @@ class HFAdapter(Adapter):
             return None
         return [str(self.config.id2label.get(i, i)) for i in range(self.num_labels)]
 
-    @property
+    @cached_property
     def token_types(self) -> bool:
         # a folded student (type_vocab_size 1) still takes the argument, and would index past its one row
         takes = "token_type_ids" in inspect.signature(self.module.forward).parameters

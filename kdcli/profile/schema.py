@@ -240,6 +240,13 @@ class Profile(Strict):
             raise ValueError("name may not contain control characters")
         return value
 
+    @model_validator(mode="after")
+    def _pairs_for_the_task(self) -> Profile:
+        if self.data.text_pair_column is not None and not self.task.text_pairs:
+            raise ValueError(f"data.text_pair_column: task {self.task} reads one text per example (text pairs: "
+                             "sequence-classification)")
+        return self
+
     def loss_specs(self) -> list[LossSpec]:
         """Every loss the job uses, across stages."""
         return [loss for stage in self.stages() for loss in stage.losses]

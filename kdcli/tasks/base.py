@@ -27,6 +27,7 @@ class Task:
     data: ClassVar[Data] = "text"
     has_classes: ClassVar[bool] = False          # a head with one output per class of the job's LabelMap
     per_token: ClassVar[bool] = False            # logits [B, L, V] rather than [B, C]
+    text_pairs: ClassVar[bool] = False           # reads pairs of texts (data.text_pair_column)
     causal: ClassVar[bool] = False               # a decoder: next-token labels, a shared vocabulary, no KV cache
     output: ClassVar[Output] = "logits"
     streamed: ClassVar[bool] = False             # scored batch by batch (perplexity), outputs never all kept

@@ -8,6 +8,7 @@ from kdcli.tasks.base import Task
 class SequenceClassification(Task):
     name = "sequence-classification"
     has_classes = True
+    text_pairs = True
     primary = ("metrics", "accuracy")
     retention = "accuracy"
     pipeline_tag = "text-classification"
