@@ -344,3 +344,21 @@ def test_the_teacher_cache_and_a_transfer_set_serve_tagged_words(ner_profile: Pa
     logged = [json.loads(line) for line in Path("run/metrics.jsonl").read_text().splitlines()]
     assert any("loss/transfer/hinton" in record for record in logged)
     assert not any("loss/transfer/ce" in record for record in logged)  # the label loss skips transfer words
+
+
+@pytest.mark.parametrize("declared", [None, ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]])
+def test_without_a_teacher_the_tags_come_from_data_classes_or_the_data(declared, write_profile, bert_encoder: Path,
+                                                                        tmp_path: Path, one_thread):
+    rows = [(["the", "film", "and", "the", "story"], ["B-PER", "I-PER", "O", "B-LOC", "I-LOC"]),
+            (["a", "plot"], ["O", "B-LOC"])] * 4
+    data = write_conll(tmp_path / "tags.conll", rows)
+    profile = write_profile({"name": "labels", "task": "token-classification", "student": {"path": str(bert_encoder)},
+                             "data": {"train": str(data), "eval": str(data),
+                                      **({"classes": declared} if declared else {})},
+                             "distill": {"losses": [{"kind": "ce"}]}, "train": {"max_steps": 2, "batch_size": 4},
+                             "output": "run"})
+    _ok(["distill", str(profile), "--quiet"])
+    config = json.loads(Path("run/student/config.json").read_text())
+    assert config["architectures"] == ["BertForTokenClassification"]
+    expected = declared or sorted({t for _, tags in rows for t in tags})  # the one label rule: sorted data tags
+    assert [config["id2label"][str(i)] for i in range(len(expected))] == expected
