@@ -191,8 +191,15 @@ def align(sentences: Sequence[TaggedExample], labels: Sequence[list[int] | None]
     features, cut = [], 0
     for start in range(0, len(sentences), 1024):
         chunk = sentences[start: start + 1024]
-        encoded = tokenizer([list(s.words) for s in chunk], is_split_into_words=True, truncation=True,
-                            max_length=max_length)
+        try:
+            encoded = tokenizer([list(s.words) for s in chunk], is_split_into_words=True, truncation=True,
+                                max_length=max_length)
+        except ValueError as exc:  # byte-level BPE (RoBERTa, GPT-2) saved without add_prefix_space refuses words
+            raise DataError(f"{path}: the tokenizer cannot read words split in advance "
+                            f"({str(exc).splitlines()[0][:160]})",
+                            hint="re-save the teacher's tokenizer with add_prefix_space=True, as transformers' "
+                                 "token-classification recipe loads RoBERTa: AutoTokenizer.from_pretrained(folder, "
+                                 "add_prefix_space=True).save_pretrained(folder)") from None
         for row, (s, word_labels) in enumerate(zip(chunk, labels[start: start + 1024])):
             word_ids = encoded.word_ids(row)
             firsts = [i for i, w in enumerate(word_ids) if w is not None and (i == 0 or word_ids[i - 1] != w)]
