@@ -362,3 +362,25 @@ def test_without_a_teacher_the_tags_come_from_data_classes_or_the_data(declared,
     assert config["architectures"] == ["BertForTokenClassification"]
     expected = declared or sorted({t for _, tags in rows for t in tags})  # the one label rule: sorted data tags
     assert [config["id2label"][str(i)] for i in range(len(expected))] == expected
+
+
+def test_every_reader_gives_the_same_tagged_words(write_profile, bert_ner: Path, tmp_path: Path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    rows = sentences(6, 3)
+    conll = write_conll(tmp_path / "a.conll", rows)
+    tsv = tmp_path / "a.tsv"
+    tsv.write_text("tokens\ttags\n" + "".join(f"{' '.join(w)}\t{' '.join(t)}\n" for w, t in rows))
+    parquet = tmp_path / "a.parquet"  # as a Hugging Face dataset holds WNUT-17: integer tags in `ner_tags`
+    pq.write_table(pa.table({"tokens": [w for w, _ in rows], "ner_tags": [[TAGS.index(x) for x in t] for _, t in rows]}),
+                   parquet)
+    model = load_model("transformers", bert_ner, "token-classification")
+
+    def features(path: Path, **data: str) -> list[dict]:
+        profile = load_profile(write_profile({"name": "t", "task": "token-classification",
+                                              "teacher": {"path": str(bert_ner)}, "student": {"path": "s"},
+                                              "data": {"train": str(path), **data}, "output": "o"}))
+        return [{k: f[k] for k in ("input_ids", "label", "words")} for f in load_split(profile, "train", model).features]
+    expected = features(conll)
+    assert features(tsv) == expected
+    assert features(parquet, label_column="ner_tags") == expected
