@@ -104,18 +104,21 @@ def agreement(student: Tensor, teacher: Tensor, task: Task) -> dict[str, float]:
     return {"top1": (student.argmax(-1) == teacher.argmax(-1)).float().mean().item(), "kl": kl}
 
 
-def int8_score(task: Task, fp32: Tensor, int8: Tensor, labels: Tensor | None, target: Tensor | None
-               ) -> tuple[dict[str, float], str, float, float]:
+def int8_score(task: Task, fp32: Tensor, int8: Tensor, labels: Tensor | None, target: Tensor | None,
+               split: Split | None = None) -> tuple[dict[str, float], str, float, float]:
     """An int8 model beside its fp32 one, as its users judge it: (agreement with fp32, metric, fp32's, int8's).
 
-    The metric is accuracy where the task has classes and the data labels, the cosine to the teacher's
+    The metric is the task's own (accuracy; entity F1 for tags; `split` holds their names) where the task has
+    classes and the data labels, the cosine to the teacher's
     embeddings where `target` holds them, else agreement with the fp32 model (whose own value is then 1)."""
     if task.output == "embedding":
         name, agree = "cosine", _cosine(int8, fp32)
     else:
         name, agree = "top1", (int8.argmax(-1) == fp32.argmax(-1)).float().mean().item()
-    if labels is not None and task.has_classes:
-        return {name: agree}, "accuracy", task_metrics(fp32, labels)["accuracy"], task_metrics(int8, labels)["accuracy"]
+    if labels is not None and task.has_classes:  # the task's own metric where it has one (tags: entity F1)
+        metric = task.primary[1] if task.primary[0] == "metrics" else "accuracy"
+        return ({name: agree}, metric, task_metrics(fp32, labels, split)[metric],
+                task_metrics(int8, labels, split)[metric])
     if target is not None:
         return {name: agree}, "cosine_to_teacher", _cosine(fp32, target), _cosine(int8, target)
     return {name: agree}, f"{name}_to_fp32", 1.0, agree

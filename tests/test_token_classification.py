@@ -159,8 +159,9 @@ def test_the_whole_job_runs_and_the_onnx_tagger_matches(ner_profile: Path, one_t
     assert set(report["agreement"]) == {"top1", "kl"}  # per word, with the teacher
     assert report["retention"] == pytest.approx(report["metrics"]["f1"] / report["teacher_metrics"]["f1"])
     assert [gate["measures"] for gate in report["gates"]] == ["f1"]  # entity F1 is the primary metric
-    exported = _ok(["export", str(ner_profile), "--json", "--no-latency"])
+    exported = _ok(["export", str(ner_profile), "--json", "--no-latency", "--quantize", "int8"])
     assert exported["parity"]["ok"]
+    assert exported["int8"]["metric"] == "f1" and exported["int8"]["fp32"] == pytest.approx(report["metrics"]["f1"])
     import onnxruntime as ort
     session = ort.InferenceSession(exported["onnx"], providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
