@@ -120,3 +120,22 @@ def test_pseudo_labels_of_pairs_keep_both_texts_and_train_on_them(pair_profile: 
 def test_a_pair_column_on_a_task_of_single_texts_is_refused(pair_profile: Path):
     result = _run(["check", str(pair_profile), "--set", "task=masked-lm"])
     assert result.exit_code == 2 and "reads one text per example" in result.output, result.output
+
+
+def test_the_ready_profile_runs_the_whole_job_with_the_files_substituted(bert_cls: Path, tmp_path: Path, one_thread):
+    ready = str(Path(__file__).parents[1] / "profiles" / "snli-pairs.yaml")
+    gen = torch.Generator().manual_seed(5)
+    rows = [{"premise": " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (5,), generator=gen)),
+             "hypothesis": " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (3,), generator=gen)),
+             "label": ["negative", "positive"][k % 2]} for k in range(16)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sets = [f"teacher.path={bert_cls}", "student.path=student-init", f"data.train={data}", f"data.eval={data}",
+            "output=run", "train.max_steps=2", "data.max_length=32"]
+    args = [x for s in sets for x in ("--set", s)]
+    for command in ("init-student", "distill"):
+        result = _run([command, ready, "--quiet", *args])
+        assert result.exit_code == 0, result.output
+    result = _run(["export", ready, "--json", "--no-latency", *args])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["parity"]["ok"]

@@ -385,3 +385,18 @@ def test_every_reader_gives_the_same_tagged_words(write_profile, bert_ner: Path,
     expected = features(conll)
     assert features(tsv) == expected
     assert features(parquet, label_column="ner_tags") == expected
+
+
+def test_the_ready_profile_runs_the_whole_job_with_the_files_substituted(bert_ner: Path, ner_data, tmp_path: Path,
+                                                                          one_thread):
+    ready = str(Path(__file__).parents[1] / "profiles" / "wnut17-ner.yaml")
+    raw = tmp_path / "raw.txt"
+    raw.write_text("\n".join(" ".join(words) for words, _ in sentences(6, 4)) + "\n")
+    sets = [f"teacher.path={bert_ner}", "student.path=student-init", f"data.train={ner_data['train']}",
+            f"data.eval={ner_data['eval']}", f"data.unlabeled={raw}", "output=run", "train.max_steps=2",
+            "pseudo.threshold=0"]  # a random teacher is never 90% sure
+    args = [x for s in sets for x in ("--set", s)]
+    for command in ("init-student", "distill", "pseudo-label"):
+        _ok([command, ready, "--quiet", *args])
+    assert "f1" in _ok(["evaluate", ready, "--json", *args])["metrics"]
+    assert _ok(["export", ready, "--json", "--no-latency", *args])["parity"]["ok"]
