@@ -58,7 +58,7 @@ def read_tagged(path: Path | str, tokens_column: str = "tokens", tags_column: st
     labelled = [s for s in sentences if s.tags is not None]
     if labelled and len(labelled) != len(sentences):
         line = next(s.source for s in sentences if s.tags is None)
-        raise DataError(f"{line}: a sentence without tags in a tagged file",
+        raise DataError(f"{path}: {line}: a sentence without tags in a tagged file",
                         hint="tag every word, or drop the tags to read the file as unlabeled")
     return sentences[:limit]
 
