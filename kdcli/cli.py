@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # kdcli draws its ow
 
 import kdcli
 from kdcli.console import err, forget_json, json_printed, print_json
-from kdcli.errors import BadInput, GateFailed, KdcliError, ProfileDeprecation
+from kdcli.errors import BadInput, DataWarning, GateFailed, KdcliError, ProfileDeprecation
 from kdcli.runtime.progress import Progress, Task
 from kdcli.runtime.signals import terminate_as_interrupt
 
@@ -145,8 +145,8 @@ _SHOW_WARNING = warnings.showwarning
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
-    """A moved profile field is one line for the user; other warnings as Python shows them."""
-    if issubclass(category, ProfileDeprecation):
+    """A moved profile field, or data read in part, is one line for the user; other warnings as Python shows them."""
+    if issubclass(category, (ProfileDeprecation, DataWarning)):
         err.print(f"warning: {message}", markup=False, highlight=False)
     else:
         _SHOW_WARNING(message, category, filename, lineno, file, line)

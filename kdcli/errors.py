@@ -45,3 +45,7 @@ class TrainingDiverged(KdcliError):
 
 class ProfileDeprecation(FutureWarning):
     """A profile field moved: the old place is still read; the command line shows it as one `warning:` line."""
+
+
+class DataWarning(UserWarning):
+    """Data kdcli reads, but not whole (sentences cut at data.max_length): one `warning:` line that counts them."""

@@ -14,6 +14,7 @@ from kdcli.data.splits import Split, loader, to_device
 from kdcli.lm_metrics import evaluate_lm
 from kdcli.models import Adapter
 from kdcli.runtime.distributed import World, gather_rows, shard
+from kdcli.tag_metrics import entity_scores
 from kdcli.tasks import Task
 
 Forward = Callable[[dict[str, Tensor]], Tensor]
@@ -33,28 +34,53 @@ def collect(forward: Forward, split: Split, batch_size: int, device: torch.devic
             on_batch: Callable[[int, int], None] | None = None) -> tuple[Tensor, Tensor | None]:
     """Run a model over a split; return its outputs [N, ...] (float32, CPU) and the labels, in the split's
     order. Under torchrun each rank runs its share of the batches and every rank gets all rows."""
-    outs, labels, index = [], [], []
+    outs, labels, index, words = [], [], [], []
+    width = max(split.lengths, default=0)  # tagged words: every row padded alike, so rows gather across ranks
     batches = shard(world, split.order(batch_size, shuffle=False))
     for done, (indices, batch) in enumerate(zip(batches, loader(split, batches, device)), 1):
-        labels.append(batch.get("labels"))
         index.append(torch.as_tensor(indices))
         out = forward(to_device(batch, device)).float().cpu()
-        if out.dim() == 3:  # per-token logits: keep the first token, enough for agreement statistics
+        label = batch.get("labels")
+        if out.dim() == 3 and "word_mask" in batch:  # one row per word (its first sub-token), after the gather
+            out, words = _widen(out, width, 0.0), [*words, _widen(batch["word_mask"], width, False)]
+            label = _widen(label, width, -100) if label is not None else None
+        elif out.dim() == 3:  # per-token logits: keep the first token, enough for agreement statistics
             out = out[:, 0]
+        labels.append(label)
         outs.append(out)
         if on_batch:
             on_batch(done, len(batches))
     have_labels = bool(labels) and all(lab is not None for lab in labels)
     empty = torch.empty(0)  # a rank with no batch (more ranks than batches) still joins the gather
-    return gather_rows(world, torch.cat(index) if index else empty.long(), torch.cat(outs) if outs else empty,
-                       torch.cat(labels) if have_labels else None)
+    out, label, mask = gather_rows(world, torch.cat(index) if index else empty.long(),
+                                   torch.cat(outs) if outs else empty, torch.cat(labels) if have_labels else None,
+                                   torch.cat(words) if words else None)
+    if mask is not None:  # [N, L, C] -> [words, C], sentence after sentence
+        out, label = out[mask], label[mask] if label is not None else None
+    return out, label
 
 
-def task_metrics(outputs: Tensor, labels: Tensor | None) -> dict[str, float]:
+def _widen(x: Tensor, width: int, value: float | bool) -> Tensor:
+    """Pad dimension 1 to `width` with `value`."""
+    pad = torch.full((x.shape[0], width - x.shape[1], *x.shape[2:]), value, dtype=x.dtype)
+    return torch.cat([x.cpu(), pad], dim=1)
+
+
+def task_metrics(outputs: Tensor, labels: Tensor | None, split: Split | None = None) -> dict[str, float]:
+    """Accuracy and macro-F1 over rows; for tagged words (a split with tag names), entity-level precision,
+    recall and F1 and token accuracy, sentence by sentence as `collect` returns the words."""
     if labels is None or outputs.dim() != 2 or labels.dim() != 1:
         return {}
     pred = outputs.argmax(-1)
+    if split is not None and split.classes:
+        return entity_scores(*_tag_sentences(split, labels, pred))
     return {"accuracy": (pred == labels).float().mean().item(), "macro_f1": macro_f1(pred, labels)}
+
+
+def _tag_sentences(split: Split, labels: Tensor, pred: Tensor) -> tuple[list[list[str]], list[list[str]]]:
+    names, sizes = split.classes, [len(f["words"]) for f in split.features]
+    gold = [[names[i] for i in part.tolist()] for part in labels.split(sizes)]
+    return gold, [[names[i] for i in part.tolist()] for part in pred.split(sizes)]
 
 
 def macro_f1(pred: Tensor, labels: Tensor) -> float:
@@ -78,18 +104,21 @@ def agreement(student: Tensor, teacher: Tensor, task: Task) -> dict[str, float]:
     return {"top1": (student.argmax(-1) == teacher.argmax(-1)).float().mean().item(), "kl": kl}
 
 
-def int8_score(task: Task, fp32: Tensor, int8: Tensor, labels: Tensor | None, target: Tensor | None
-               ) -> tuple[dict[str, float], str, float, float]:
+def int8_score(task: Task, fp32: Tensor, int8: Tensor, labels: Tensor | None, target: Tensor | None,
+               split: Split | None = None) -> tuple[dict[str, float], str, float, float]:
     """An int8 model beside its fp32 one, as its users judge it: (agreement with fp32, metric, fp32's, int8's).
 
-    The metric is accuracy where the task has classes and the data labels, the cosine to the teacher's
+    The metric is the task's own (accuracy; entity F1 for tags; `split` holds their names) where the task has
+    classes and the data labels, the cosine to the teacher's
     embeddings where `target` holds them, else agreement with the fp32 model (whose own value is then 1)."""
     if task.output == "embedding":
         name, agree = "cosine", _cosine(int8, fp32)
     else:
         name, agree = "top1", (int8.argmax(-1) == fp32.argmax(-1)).float().mean().item()
-    if labels is not None and task.has_classes:
-        return {name: agree}, "accuracy", task_metrics(fp32, labels)["accuracy"], task_metrics(int8, labels)["accuracy"]
+    if labels is not None and task.has_classes:  # the task's own metric where it has one (tags: entity F1)
+        metric = task.primary[1] if task.primary[0] == "metrics" else "accuracy"
+        return ({name: agree}, metric, task_metrics(fp32, labels, split)[metric],
+                task_metrics(int8, labels, split)[metric])
     if target is not None:
         return {name: agree}, "cosine_to_teacher", _cosine(fp32, target), _cosine(int8, target)
     return {name: agree}, f"{name}_to_fp32", 1.0, agree
@@ -133,7 +162,7 @@ def evaluate_pair(student: Adapter, teacher: Adapter | None, split: Split, task:
                          batch_size, device)
         return PairMetrics(lm.student, lm.agreement)
     s_out, labels = collect(outputs_of(student, task), split, batch_size, device)
-    result = PairMetrics(task_metrics(s_out, labels))
+    result = PairMetrics(task_metrics(s_out, labels, split))
     if teacher is not None or teacher_outputs is not None:
         if teacher_outputs is None:
             teacher_outputs, _ = collect(outputs_of(teacher, task), split, batch_size, device)

@@ -18,7 +18,8 @@ from kdcli.cli import app
 from kdcli.profile import Profile
 from kdcli.tasks import TASKS, Task, task_named
 
-BUILT_IN = ["sequence-classification", "image-classification", "masked-lm", "embedding", "causal-lm"]
+BUILT_IN = ["sequence-classification", "image-classification", "masked-lm", "embedding", "causal-lm",
+            "token-classification"]
 
 
 def _profile(task: object) -> dict:

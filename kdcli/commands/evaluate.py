@@ -134,13 +134,14 @@ def _evaluate_outputs(profile: Profile, split: Split, forward: Forward, teacher:
     """Whole-output tasks: each model over the split, then task metrics and agreement on the collected outputs."""
     batch_size = profile.train.batch_size
     s_out, labels, s_rate = _timed(forward, split, batch_size, where, _follow(on_batch, "student"))
-    report = EvalReport(model="", task=profile.task.name, samples=split.size, metrics=task_metrics(s_out, labels),
+    report = EvalReport(model="", task=profile.task.name, samples=split.size,
+                        metrics=task_metrics(s_out, labels, split),
                         params={"student": None, "teacher": None}, size_bytes={"student": None, "teacher": None},
                         samples_per_s={"student": s_rate, "teacher": None})
     if teacher is not None:
         t_out, _, t_rate = _timed(outputs_of(teacher, profile.task), split, batch_size, where,
                                   _follow(on_batch, "teacher"))
-        report.teacher_metrics = task_metrics(t_out, labels)
+        report.teacher_metrics = task_metrics(t_out, labels, split)
         report.agreement = agreement(s_out, t_out, profile.task)
         report.params["teacher"] = teacher.param_count()
         report.size_bytes["teacher"] = dir_size(teacher.path) if teacher.path else None

@@ -244,7 +244,8 @@ def _parity_batches(profile: Profile, student: Adapter) -> list[dict[str, Tensor
             if order:
                 batches.append(split.collate(order[len(order) // 2]))
     batches.append(student.example_batch(2))
-    return [{k: v for k, v in b.items() if k in ("input_ids", "attention_mask", "pixel_values")} for b in batches]
+    inputs = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
+    return [{k: v for k, v in b.items() if k in inputs} for b in batches]
 
 
 def int8_gate(int8: Int8Result | None) -> None:
@@ -286,7 +287,7 @@ def _score_int8(profile: Profile, split: Split, fp32_path: Path, int8_path: Path
     teacher = load_teacher(profile) if task.output == "embedding" else None  # judged by the cosine to its embeddings
     target = collect(outputs_of(teacher, task), split, size, cpu)[0] if teacher is not None else None
     result.samples = split.size
-    result.agreement, result.metric, result.fp32, result.int8 = int8_score(task, fp32, int8, labels, target)
+    result.agreement, result.metric, result.fp32, result.int8 = int8_score(task, fp32, int8, labels, target, split)
 
 
 def _latency(target: ExportTarget, profile: Profile, student: Adapter, batch: dict[str, Tensor], onnx_path: Path,

@@ -21,6 +21,7 @@ from kdcli.data.labels import LabelMap, job_labels
 from kdcli.data.lm import read_lm
 from kdcli.data.pseudo import pseudo_split
 from kdcli.data.splits import Split, lm_columns, load_split, map_image_labels, train_and_eval, transfer_split
+from kdcli.data.tokens import read_tagged, tag_ids, token_columns
 from kdcli.errors import BadInput, CheckpointError, DataError
 from kdcli.models import Adapter
 from kdcli.profile import Profile
@@ -138,9 +139,16 @@ def _parse_only(profile: Profile, classes: LabelMap | None, result: Preflight) -
             if labelled and images.labels is not None:
                 map_image_labels(str(source), images, classes)  # type: ignore[arg-type]
             result.samples[which] = min(len(images.images), d.limit or len(images.images))
+        elif profile.task.data == "tokens":
+            words, tags = token_columns(profile)
+            sentences = read_tagged(Path(source), words, tags if labelled else None, d.limit)
+            if labelled:
+                tag_ids(sentences, Path(source), classes.id_of, classes.known())  # type: ignore[union-attr]
+            result.samples[which] = len(sentences)
         else:
             rows = data.read_text(Path(source), d.text_column, d.label_column if labelled else None,
-                                  label2id=classes.label2id if labelled else None, limit=d.limit)  # type: ignore[union-attr]
+                                  label2id=classes.label2id if labelled else None, limit=d.limit,  # type: ignore[union-attr]
+                                  pair_column=d.text_pair_column)
             result.samples[which] = len(rows)
     if d.pseudo and not Path(d.pseudo).is_file():
         raise DataError(f"data.pseudo: {d.pseudo} not found", hint="run kdcli pseudo-label first")

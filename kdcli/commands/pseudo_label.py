@@ -53,8 +53,11 @@ def pseudo_label(profile: Profile, input_path: Path | None = None, output: Path 
     """Label `data.unlabeled` (or input_path) with the teacher; write labels.jsonl."""
     if profile.task.pseudo == "completions":
         return _pseudo_lm(profile, input_path, output, on_batch)
-    if profile.task.pseudo != "classes":
+    if profile.task.pseudo not in ("classes", "tags"):
         raise BadInput(f"pseudo-label needs a classification task; this profile's task is {profile.task}")
+    if profile.task.pseudo == "tags" and profile.pseudo.balance:
+        raise BadInput("pseudo.balance balances sentences by class, and tagged sentences hold many classes",
+                       hint="set pseudo.balance: false for token classification")
     if profile.teacher is None:
         raise BadInput("pseudo-label needs a teacher: the profile has no `teacher:` section")
     classes = job_labels(profile)  # the teacher's names (or data.classes): label_name says which class
@@ -71,6 +74,13 @@ def pseudo_label(profile: Profile, input_path: Path | None = None, output: Path 
         if len(names) != probs.shape[1]:
             raise BadInput(f"the teacher has {probs.shape[1]} outputs, and the job names {len(names)} classes",
                            hint="list one name per teacher output in data.classes")
+        if profile.task.pseudo == "tags":  # one record per sentence, kept when every word passes
+            records = tag_records(split, probs, names)
+            kept = select(records, spec)
+            if where.main:
+                atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in kept))
+            return PseudoLabelResult(output=str(out), total=len(records), kept=len(kept), kept_samples=len(kept),
+                                     summary=summarize_tags(records, kept, names))
         records = [_record(i, split, p, names, spec.topk) for i, p in enumerate(probs)]
         kept = select(records, spec)
         if where.main:
@@ -121,9 +131,36 @@ def _record(i: int, split: Split, probs: torch.Tensor, names: list[str], topk: i
     values, labels = probs.topk(min(topk, probs.numel()))
     record: dict[str, Any] = {"id": i, "source": split.sources[i]}
     record["text" if split.kind == "text" else "path"] = split.texts[i] if split.kind == "text" else split.sources[i]
+    if split.kind == "text" and split.features[i].get("text_pair") is not None:  # a pair: both texts
+        record["text_pair"] = split.features[i]["text_pair"]
     record.update({"label": int(label), "label_name": names[int(label)], "confidence": round(float(conf), 6),
                    "topk": [[int(k), round(float(v), 6)] for k, v in zip(labels, values)]})
     return record
+
+
+def tag_records(split: Split, probs: torch.Tensor, names: list[str]) -> list[dict[str, Any]]:
+    """Per sentence: its words, the teacher's tag and confidence for each (its first sub-token's), and the
+    sentence's confidence, the lowest of its words'. The record is also a JSONL {tokens, tags} training row."""
+    records = []
+    sizes = [len(f["words"]) for f in split.features]
+    for i, part in enumerate(probs.split(sizes)):
+        conf, label = part.max(-1)
+        words = split.features[i]["tokens"][: sizes[i]]  # words past max_length were never tagged
+        records.append({"id": i, "source": split.sources[i], "tokens": words,
+                        "tags": [names[int(k)] for k in label], "labels": [int(k) for k in label],
+                        "confidences": [round(float(c), 6) for c in conf],
+                        "confidence": round(float(conf.min()), 6) if len(conf) else 0.0})
+    return records
+
+
+def summarize_tags(records: list[dict[str, Any]], kept: list[dict[str, Any]], names: list[str]
+                   ) -> dict[str, dict[str, int]]:
+    """Per tag: words tagged so, words kept (in kept sentences), words dropped."""
+    labelled = Counter(k for r in records for k in r["labels"])
+    kept_count = Counter(k for r in kept for k in r["labels"])
+    return {name: {"labelled": labelled.get(c, 0), "kept": kept_count.get(c, 0),
+                   "dropped": labelled.get(c, 0) - kept_count.get(c, 0), "in_output": kept_count.get(c, 0)}
+            for c, name in enumerate(names)}
 
 
 def select(records: list[dict[str, Any]], spec: PseudoSpec) -> list[dict[str, Any]]:

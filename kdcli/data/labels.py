@@ -81,8 +81,12 @@ class ModelClasses:
     head: int | None = None                 # size of its trained classification head; None without one
 
 
-def peek_classes(path: Path) -> ModelClasses:
-    """The classes a saved checkpoint folder declares (transformers id2label, timm label_names)."""
+CLASSIFIER_HEADS = ("ForSequenceClassification", "ForTokenClassification")
+
+
+def peek_classes(path: Path, head: str | None = None) -> ModelClasses:
+    """The classes a saved checkpoint folder declares (transformers id2label, timm label_names); `head`: the
+    task's trained head (ForTokenClassification), any classifier head when None."""
     config_file = Path(path) / "config.json"
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
@@ -94,7 +98,8 @@ def peek_classes(path: Path) -> ModelClasses:
         names, count = config.get("label_names"), config.get("num_classes")
         return ModelClasses(names=[str(n) for n in names] if isinstance(names, list) and names else None,
                             head=int(count) if isinstance(count, int) and count > 0 else None)
-    trained = any("ForSequenceClassification" in str(a) for a in config.get("architectures") or [])
+    heads = (head,) if head else CLASSIFIER_HEADS
+    trained = any(str(a).endswith(heads) for a in config.get("architectures") or [])
     raw = _transformers_names(Path(path), config)
     if not trained or not raw:
         return ModelClasses()
@@ -123,13 +128,14 @@ def job_labels(profile: Profile, student_dir: Path | None = None, head: int | No
         return None
     teacher = profile.teacher
     if teacher is not None:
-        found = peek_classes(teacher.path) if Path(teacher.path).is_dir() else ModelClasses(head=teacher.num_classes)
+        found = peek_classes(teacher.path, profile.task.head) if Path(teacher.path).is_dir() \
+            else ModelClasses(head=teacher.num_classes)
         who = "teacher"
         # A transformers teacher without names keeps its LABEL_i outputs: its order cannot be guessed from data.
         # A timm teacher without names follows the ImageFolder convention: classes are sorted folder names.
         guess = profile.task.data == "image"
     else:
-        found, who, guess = peek_classes(Path(student_dir or profile.student.path)), "student", True
+        found, who, guess = peek_classes(Path(student_dir or profile.student.path), profile.task.head), "student", True
     declared = list(profile.data.classes) if profile.data.classes else None
     return resolve(declared=declared, names=found.names, placeholders=found.placeholders,
                    head=found.head or head, who=who, data_labels=(lambda: data_labels(profile)) if guess else None)
@@ -150,10 +156,13 @@ def data_labels(profile: Profile) -> tuple[list[str], bool]:
                     return found, True  # the file fixes the ids: keep its order
                 names += [n for n in found if n not in names]
         return names, False
-    from kdcli.data.text import read_labels
     source = d.train or d.eval
     if not source or _is_scheme(str(source)):
         return [], False
+    if profile.task.data == "tokens":
+        from kdcli.data.tokens import read_tags, token_columns
+        return read_tags(Path(source), *token_columns(profile), d.limit), False
+    from kdcli.data.text import read_labels
     return read_labels(Path(source), d.text_column, d.label_column, d.limit), False
 
 
@@ -199,7 +208,8 @@ def resolve(*, declared: list[str] | None, names: list[str] | None, placeholders
 def _what_was_seen(who: str, data_read: bool) -> str:
     if data_read:
         return "the training data shows no labels (no label column, or every label empty)"
-    return f"the {who} has no trained classification head (its config.json names no *ForSequenceClassification)"
+    return f"the {who} has no trained classification head (its config.json names no *ForSequenceClassification " \
+           "or *ForTokenClassification)"
 
 
 def from_labels(raw: Iterable[Any]) -> list[str]:

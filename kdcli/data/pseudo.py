@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from kdcli.data import TextExample, tokenize
-from kdcli.data.splits import Split, load_split, subset
+from kdcli.data.labels import job_labels
+from kdcli.data.splits import Split, load_split, pseudo_tags_split, subset
 from kdcli.errors import DataError
 from kdcli.models import Adapter
 from kdcli.profile import Profile
@@ -38,6 +39,13 @@ def read_labels(path: Path) -> list[dict[str, Any]]:
 
 def pseudo_split(profile: Profile, model: Adapter) -> tuple[Split, Tensor]:
     """The pseudo-labelled samples of data.pseudo, and their targets (soft top-k or one-hot)."""
+    if profile.task.pseudo == "tags":  # {tokens, tags} rows: the teacher's tag for each word, as hard labels
+        if not Path(profile.data.pseudo).is_file():
+            raise DataError(f"data.pseudo: {profile.data.pseudo} not found", hint="run kdcli pseudo-label first")
+        classes = job_labels(profile, model.path if profile.teacher is None else None)
+        assert classes is not None, "a task with classes has a label mapping"
+        split = pseudo_tags_split(profile, model, classes)
+        return split, torch.zeros(split.size, 0)  # no per-sample targets: the split's labels are per word
     rows = read_labels(Path(profile.data.pseudo))
     classes = model.num_labels or 1 + max(int(r["label"]) for r in rows)
     if profile.task.data == "image":
@@ -48,7 +56,8 @@ def pseudo_split(profile: Profile, model: Adapter) -> tuple[Split, Tensor]:
                             f"data.unlabeled has {split.sources[rows.index(stray)]!r} there",
                             hint="pseudo-label the same file that data.unlabeled names")
     else:
-        examples = [TextExample(text=r["text"], label=None, source=str(r.get("source", r["id"]))) for r in rows]
+        examples = [TextExample(text=r["text"], label=None, source=str(r.get("source", r["id"])),
+                                pair=r.get("text_pair")) for r in rows]
         features = tokenize(examples, model.tokenizer, profile.data.max_length)
         split = Split(kind="text", size=len(features), lengths=[len(f["input_ids"]) for f in features],
                       features=features, sources=[e.source for e in examples], texts=[e.text for e in examples],

@@ -21,6 +21,7 @@ from kdcli import data
 from kdcli.data.images import ImageFiles, scan_image_folder
 from kdcli.data.labels import LabelMap, is_default_names, job_labels
 from kdcli.data.lm import Columns, lm_labels, read_lm, tokenize_lm
+from kdcli.data.tokens import align, check_scheme, read_tagged, tag_ids, token_columns
 from kdcli.errors import DataError
 from kdcli.models import Adapter
 from kdcli.profile import Profile
@@ -39,6 +40,7 @@ class Split:
     sources: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     pad_token_id: int = 0
+    classes: tuple[str, ...] = ()                          # tagged words: the tag names, for entity metrics
 
     def order(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0) -> list[list[int]]:
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -86,20 +88,42 @@ def _text_split(profile: Profile, path: Path, model: Adapter, classes: LabelMap 
     d = profile.data
     if profile.task.data == "lm":
         return _lm_split(profile, path, tokenizer)
+    if profile.task.data == "tokens":
+        return _tokens_split(profile, path, tokenizer, classes)
     hint = ("the teacher does not name its classes: list them in data.classes, in the order of its outputs"
             if classes is not None and classes.source == "teacher" and is_default_names(classes.names) else None)
     examples = data.read_text(path, text_column=d.text_column,
                               label_column=d.label_column if classes is not None else None,
                               label2id=classes.label2id if classes is not None else None,
-                              limit=d.limit, unknown_hint=hint)
+                              limit=d.limit, unknown_hint=hint, pair_column=d.text_pair_column)
     pipeline = model.pipeline if profile.task.output == "embedding" else None
     if pipeline is not None and pipeline.do_lower_case:  # sentence-transformers lowercases before tokenizing
-        examples = [data.TextExample(e.text.lower(), e.label, e.source) for e in examples]
+        examples = [data.TextExample(e.text.lower(), e.label, e.source, e.pair and e.pair.lower()) for e in examples]
     limit = model.max_length  # a sentence-transformers pipeline's max_seq_length, if any
     features = data.tokenize(examples, tokenizer, min(d.max_length, limit) if limit else d.max_length)
     return Split(kind="text", size=len(features), lengths=[len(f["input_ids"]) for f in features],
                  features=features, sources=[e.source for e in examples], texts=[e.text for e in examples],
                  pad_token_id=tokenizer.pad_token_id or 0)
+
+
+def _tokens_split(profile: Profile, path: Path, tokenizer: object, classes: LabelMap | None,
+                  columns: tuple[str, str] | None = None) -> Split:
+    words, tags = columns or token_columns(profile)
+    sentences = read_tagged(path, words, tags if classes is not None else None, profile.data.limit)
+    labels: list[list[int] | None] = [None] * len(sentences)
+    if classes is not None:
+        check_scheme(classes.names, f"the job's classes ({classes.source})")
+        labels = tag_ids(sentences, path, classes.id_of, classes.known())
+    features = align(sentences, labels, tokenizer, profile.data.max_length, path)
+    return Split(kind="text", size=len(features), lengths=[len(f["input_ids"]) for f in features],
+                 features=features, sources=[s.source for s in sentences], texts=[" ".join(s.words) for s in sentences],
+                 pad_token_id=tokenizer.pad_token_id or 0,  # type: ignore[attr-defined]
+                 classes=classes.names if classes is not None else ())
+
+
+def pseudo_tags_split(profile: Profile, model: Adapter, classes: LabelMap) -> Split:
+    """pseudo-label's tagged sentences (labels.jsonl: {tokens, tags} rows) as a labelled split."""
+    return _tokens_split(profile, Path(str(profile.data.pseudo)), model.tokenizer, classes, ("tokens", "tags"))
 
 
 def lm_columns(profile: Profile) -> Columns:
@@ -182,7 +206,8 @@ def subset(split: Split, indices: list[int]) -> Split:
     if split.kind == "text":
         return Split(kind="text", size=len(indices), lengths=[split.lengths[i] for i in indices],
                      features=[split.features[i] for i in indices], sources=[split.sources[i] for i in indices],
-                     texts=[split.texts[i] for i in indices], pad_token_id=split.pad_token_id)
+                     texts=[split.texts[i] for i in indices], pad_token_id=split.pad_token_id,
+                     classes=split.classes)
     idx = torch.tensor(indices, dtype=torch.long)
     images = split.images.take(indices) if isinstance(split.images, ImageFiles) else split.images[idx]
     return Split(kind="image", size=len(indices), images=images,
@@ -194,7 +219,7 @@ def concat(first: Split, second: Split) -> Split:
     """Two text splits as one (causal-lm: the training data and the teacher's completions)."""
     return Split(kind="text", size=first.size + second.size, lengths=first.lengths + second.lengths,
                  features=first.features + second.features, sources=first.sources + second.sources,
-                 texts=first.texts + second.texts, pad_token_id=first.pad_token_id)
+                 texts=first.texts + second.texts, pad_token_id=first.pad_token_id, classes=first.classes)
 
 
 def loader(split: Split, order: list[list[int]], device: torch.device) -> Iterable[dict[str, Tensor]]:

@@ -32,6 +32,7 @@ class TextExample:
     text: str
     label: int | None
     source: str  # "file:line", or a jsonl row's "id" field, for traceability
+    pair: str | None = None  # the second text of a pair (data.text_pair_column)
 
 
 class _Row(NamedTuple):
@@ -43,8 +44,10 @@ class _Row(NamedTuple):
 
 def read_text(path: Path | str, text_column: str = "sentence", label_column: str | None = "label",
               label2id: dict[str, int] | None = None, require_labels: bool = False,
-              limit: int | None = None, unknown_hint: str | None = None) -> list[TextExample]:
-    """Read a .csv/.tsv (header row), .jsonl (one object a line) or .txt (one text a line) file.
+              limit: int | None = None, unknown_hint: str | None = None,
+              pair_column: str | None = None) -> list[TextExample]:
+    """Read a .csv/.tsv (header row), .jsonl (one object a line) or .txt (one text a line) file; with
+    `pair_column`, each example is a pair of texts (the second from that column).
 
     Labels are mapped through label2id (names or in-range integer ids); without label2id they must
     be non-negative integers. A file without the label column reads as unlabeled unless
@@ -53,7 +56,16 @@ def read_text(path: Path | str, text_column: str = "sentence", label_column: str
     """
     rows = _rows(Path(path), text_column, label_column, require_labels)[:limit]
     labels = _labels(Path(path), rows, label_column, label2id, require_labels, unknown_hint)
-    return [TextExample(r.text, label, r.source) for r, label in zip(rows, labels)]
+    pairs = _pairs(Path(path), pair_column, limit) if pair_column else [None] * len(rows)
+    return [TextExample(r.text, label, r.source, pair) for r, label, pair in zip(rows, labels, pairs)]
+
+
+def _pairs(path: Path, column: str, limit: int | None) -> list[str | None]:
+    """The second text of each row: the same reader, on the pair column (a missing or empty one named)."""
+    if path.suffix.lower() == ".txt":
+        raise DataError(f"{path}: a .txt file holds one text a line, and data.text_pair_column asks for pairs",
+                        hint="use a .csv, .tsv or .jsonl file with both columns")
+    return [r.text for r in _rows(path, column, None, False)[:limit]]
 
 
 def read_labels(path: Path | str, text_column: str = "sentence", label_column: str = "label",
@@ -282,11 +294,15 @@ def check_train_labels(split: Any, source: str, *, num_classes: int | None, need
         labels = split.labels.tolist() if split.labels is not None else []
     else:
         labels = [f.get("label") for f in split.features]
+    sources = list(split.sources)
+    if any(isinstance(label, list) for label in labels):  # tagged words: one label per scored word
+        sources = [src for label, src in zip(labels, split.sources) for t in label or [None] if t != -100]
+        labels = [t for label in labels for t in label or [None] if t != -100]
     present = [label for label in labels if label is not None]
     if num_classes:
         bad = next((i for i, label in enumerate(labels) if label is not None and not 0 <= label < num_classes), None)
         if bad is not None:
-            raise DataError(f"{source}: {split.sources[bad]}: class {labels[bad]}, and the model knows "
+            raise DataError(f"{source}: {sources[bad]}: class {labels[bad]}, and the model knows "
                             f"{num_classes} classes (0 to {num_classes - 1})",
                             hint="the teacher was not trained on this class: drop it from the data, or use a "
                                  "teacher that knows it")
@@ -295,19 +311,28 @@ def check_train_labels(split: Any, source: str, *, num_classes: int | None, need
         raise DataError(f"{source}: {what}, and loss '{needed_by}' trains on labels",
                         hint="add labels (or set data.label_column), or drop the loss")
     if needed_by and len(set(present)) < 2:
-        raise DataError(f"{source}: every example has the same class ({present[0]}, e.g. {split.sources[0]}); "
+        raise DataError(f"{source}: every example has the same class ({present[0]}, e.g. {sources[0]}); "
                         f"loss '{needed_by}' learns nothing from one class",
                         hint="add examples of the other classes, or drop the loss")
 
 
 def tokenize(examples: Sequence[TextExample], tokenizer: Any, max_length: int) -> list[dict]:
-    """Token ids (truncated to max_length, unpadded) and label for each example."""
+    """Token ids (truncated to max_length, unpadded) and label for each example. Pairs are encoded as the
+    tokenizer pairs texts ([CLS] a [SEP] b [SEP], token types where it gives them), truncated longest first."""
     features: list[dict] = []
     step = 1024  # batched calls let a fast tokenizer use its threads
+    pairs = bool(examples) and examples[0].pair is not None
     for start in range(0, len(examples), step):
         chunk = examples[start: start + step]
-        encoded = tokenizer([e.text for e in chunk], truncation=True, max_length=max_length)
-        features += [{"input_ids": list(ids), "label": e.label} for ids, e in zip(encoded["input_ids"], chunk)]
+        second = [e.pair or "" for e in chunk] if pairs else None
+        encoded = tokenizer([e.text for e in chunk], second, truncation=True, max_length=max_length)
+        for row, e in enumerate(chunk):
+            feature = {"input_ids": list(encoded["input_ids"][row]), "label": e.label}
+            if pairs:  # the second text, for what writes examples back (pseudo-label's labels.jsonl)
+                feature["text_pair"] = e.pair
+            if pairs and "token_type_ids" in encoded:
+                feature["token_type_ids"] = list(encoded["token_type_ids"][row])
+            features.append(feature)
     return features
 
 
@@ -323,11 +348,26 @@ def collate_text(features: list[dict], pad_token_id: int) -> dict[str, Tensor]:
         ids[i, :n] = torch.tensor(f["input_ids"], dtype=torch.long)
         mask[i, :n] = 1
     batch = {"input_ids": ids, "attention_mask": mask}
+    if all("token_type_ids" in f for f in features):  # a text pair's segments, where the model uses them
+        batch["token_type_ids"] = _padded([f["token_type_ids"] for f in features], width, 0)
+    if all("words" in f for f in features):  # tagged words: each word's first sub-token, the positions scored
+        batch["word_mask"] = _padded([[0] * len(f["input_ids"]) for f in features], width, 0).bool()
+        for i, f in enumerate(features):
+            batch["word_mask"][i, f["words"]] = True
     if all(f.get("label") is not None for f in features):
-        batch["labels"] = torch.tensor([f["label"] for f in features], dtype=torch.long)
+        labels = [f["label"] for f in features]
+        batch["labels"] = _padded(labels, width, -100) if isinstance(labels[0], list) \
+            else torch.tensor(labels, dtype=torch.long)
     if all("index" in f for f in features):
         batch["index"] = torch.tensor([f["index"] for f in features], dtype=torch.long)
     return batch
+
+
+def _padded(rows: list[list[int]], width: int, value: int) -> Tensor:
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
 
 
 def length_bucketed_batches(lengths: list[int], batch_size: int, *, shuffle: bool,

@@ -14,9 +14,12 @@ from kdcli.models.base import Outputs
 
 
 def token_mask(batch: dict[str, Tensor], logits: Tensor) -> Tensor | None:
-    """The rows a per-token loss averages over: learned tokens (causal-lm labels), else real tokens."""
+    """The rows a per-token loss averages over: tagged words' first sub-tokens (token classification, labelled
+    or not), learned tokens (causal-lm labels), else real tokens."""
     if logits.dim() != 3:
         return None
+    if "word_mask" in batch:
+        return batch["word_mask"]
     labels = batch.get("labels")
     if labels is not None and labels.shape == logits.shape[:2]:
         return labels != -100

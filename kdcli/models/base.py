@@ -46,6 +46,7 @@ class Adapter(ABC):
     tokenizer: Any = None                   # text models: what turns their data into input_ids
     pipeline: Pipeline | None = None        # embeddings: a sentence-transformers folder's pooling/normalize
     data_config: dict[str, Any] | None = None  # images: timm's input_size, mean, std, interpolation
+    pairs: bool = False                     # the job's inputs are text pairs (data.text_pair_column)
 
     @property
     @abstractmethod
@@ -103,6 +104,11 @@ class Adapter(ABC):
     @property
     def label_names(self) -> list[str] | None:
         return None
+
+    @property
+    def token_types(self) -> bool:
+        """Whether the model reads token types (a pair's segment ids: BERT's token_type_ids)."""
+        return False
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.module.parameters())

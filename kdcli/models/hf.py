@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -102,6 +104,12 @@ class HFAdapter(Adapter):
             return None
         return [str(self.config.id2label.get(i, i)) for i in range(self.num_labels)]
 
+    @cached_property
+    def token_types(self) -> bool:
+        # a folded student (type_vocab_size 1) still takes the argument, and would index past its one row
+        takes = "token_type_ids" in inspect.signature(self.module.forward).parameters
+        return takes and int(getattr(self.config, "type_vocab_size", 0) or 0) > 1
+
     def set_classes(self, names: Sequence[str]) -> None:
         self.config.id2label = dict(enumerate(names))
         self.config.label2id = {name: i for i, name in enumerate(names)}
@@ -128,6 +136,8 @@ class HFAdapter(Adapter):
         pooled = self.task.output == "embedding"  # the base model: its last_hidden_state is the pooling's input
         want_hidden = bool({"hidden_states", "embedding"} & needs) and not pooled
         extra = {"use_cache": False} if self.task.causal else {}
+        if "token_type_ids" in batch and self.token_types:  # a text pair's segments
+            extra["token_type_ids"] = batch["token_type_ids"]
         with record_attention_scores() as scores:
             out = self.module(input_ids=batch["input_ids"], attention_mask=mask,
                               output_hidden_states=want_hidden or "hidden_states" in needs,
@@ -159,6 +169,8 @@ class HFAdapter(Adapter):
 
     def exportable(self) -> Exportable:
         inputs, outputs = list(self.task.onnx_inputs), list(self.task.onnx_outputs)
+        if self.pairs and self.token_types:  # both segments of a pair, as the tokenizer marks them
+            inputs.append("token_type_ids")
         tokens = {0: "batch_size", 1: "sequence_length"}
         # Per-token outputs (and the token states beside a sentence embedding) vary in length; pooled ones don't.
         axes = {name: dict(tokens) for name in inputs} | {
@@ -198,7 +210,10 @@ class HFAdapter(Adapter):
         ids = torch.randint(5, min(self.config.vocab_size, 1000), (batch_size, seq_len), generator=generator)
         mask = torch.ones_like(ids)
         mask[1:, seq_len // 2:] = 0
-        return {"input_ids": ids, "attention_mask": mask}
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if self.pairs and self.token_types:  # a pair: the second half is segment 1
+            batch["token_type_ids"] = (torch.arange(seq_len) >= seq_len // 2).long().expand(batch_size, -1).clone()
+        return batch
 
 
 def _set_max_length(config_file: Path, max_length: int) -> None:
@@ -218,8 +233,10 @@ class _Bare(nn.Module):
         self.outputs = outputs
         self.extra = {"use_cache": False} if causal else {}  # prefill only: no KV cache in the graph
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **self.extra)
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
+                ) -> Tensor | tuple[Tensor, Tensor]:
+        types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **self.extra, **types)
         if self.outputs == ["logits"]:
             return out.logits
         return out.last_hidden_state, self.embed(out.last_hidden_state, attention_mask)
@@ -242,7 +259,8 @@ def load_hf(path: Path, task: Task | str, num_labels: int | None = None, allow_n
                               hint="the folder should come from save_pretrained()") from None
     saved_dtype = half_dtype(config)  # trained in fp32 (on CPU, fp16 has no kernels), saved back as it came
     kwargs = {"num_labels": num_labels} if num_labels and task.has_classes else {}
-    trained_head = any("ForSequenceClassification" in str(a) for a in getattr(config, "architectures", None) or [])
+    trained_head = bool(task.head) and any(str(a).endswith(str(task.head))
+                                           for a in getattr(config, "architectures", None) or [])
     if classes and task.has_classes:
         if trained_head and config.num_labels != len(classes):
             raise CheckpointError(f"{path}: its classification head has {config.num_labels} outputs, and the job "

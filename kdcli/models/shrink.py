@@ -122,6 +122,7 @@ def _distil_head(state: dict, task: Task) -> dict[str, torch.Tensor]:
     pairs = {
         "DistilBertForSequenceClassification": [("bert.pooler.dense.", "pre_classifier."),
                                                 ("classifier.", "classifier.")],
+        "DistilBertForTokenClassification": [("classifier.", "classifier.")],
         "DistilBertForMaskedLM": [("cls.predictions.transform.dense.", "vocab_transform."),
                       ("cls.predictions.transform.LayerNorm.", "vocab_layer_norm."),
                       ("cls.predictions.decoder.weight", "vocab_projector.weight"),

@@ -117,6 +117,8 @@ class DataSpec(Strict):
     transfer: DataPath | None = Field(None, description="unlabeled inputs the student learns the teacher's outputs on")
     transfer_ratio: float = Field(1.0, gt=0.0, le=100.0, description="transfer samples per labelled one in a batch")
     text_column: str = "sentence"
+    text_pair_column: str | None = Field(None, description="the second text of a pair (NLI, paraphrase, "
+                                                           "cross-encoders), tokenized as the teacher pairs texts")
     label_column: str = "label"
     max_length: int = Field(128, ge=4, le=8192)
     image_size: int | None = Field(None, ge=8, le=4096)
@@ -263,6 +265,13 @@ class Profile(Strict):
         if not value.isprintable():  # it lands in file names, logs and terminals
             raise ValueError("name may not contain control characters")
         return value
+
+    @model_validator(mode="after")
+    def _pairs_for_the_task(self) -> Profile:
+        if self.data.text_pair_column is not None and not self.task.text_pairs:
+            raise ValueError(f"data.text_pair_column: task {self.task} reads one text per example (text pairs: "
+                             "sequence-classification)")
+        return self
 
     def loss_specs(self) -> list[LossSpec]:
         """Every loss the job uses, across stages."""

@@ -7,11 +7,12 @@ from typing import Any, ClassVar, Literal
 
 from pydantic_core import core_schema
 
-Data = Literal["text", "image", "lm"]           # which reader turns a data file into samples
+Data = Literal["text", "image", "lm", "tokens"]  # which reader turns a data file into samples (tokens: tagged words)
 Output = Literal["logits", "embedding"]         # what a model is judged on
-Pseudo = Literal["classes", "completions"]      # what pseudo-label writes: class labels, or the teacher's texts
+Pseudo = Literal["classes", "completions", "tags"]  # what pseudo-label writes: class labels, the teacher's texts,
+                                                    # or one tag per word
 Cache = Literal["dense", "sparse"]              # the teacher cache that serves it (sparse: top-k log-probs)
-Retention = Literal["accuracy", "cosine_to_teacher", "perplexity"]
+Retention = Literal["accuracy", "f1", "cosine_to_teacher", "perplexity"]
 
 TASKS: dict[str, Task] = {}
 
@@ -26,6 +27,7 @@ class Task:
     data: ClassVar[Data] = "text"
     has_classes: ClassVar[bool] = False          # a head with one output per class of the job's LabelMap
     per_token: ClassVar[bool] = False            # logits [B, L, V] rather than [B, C]
+    text_pairs: ClassVar[bool] = False           # reads pairs of texts (data.text_pair_column)
     causal: ClassVar[bool] = False               # a decoder: next-token labels, a shared vocabulary, no KV cache
     output: ClassVar[Output] = "logits"
     streamed: ClassVar[bool] = False             # scored batch by batch (perplexity), outputs never all kept
@@ -45,6 +47,11 @@ class Task:
             if cls.name in TASKS:
                 raise ValueError(f"task '{cls.name}' is declared twice")
             TASKS[cls.name] = cls()
+
+    @property
+    def head(self) -> str | None:
+        """The head a trained checkpoint of this task names in config.json (ForTokenClassification, ...)."""
+        return self.hf_class.removeprefix("AutoModel") or None if self.hf_class else None
 
     def __str__(self) -> str:
         return self.name
@@ -71,8 +78,8 @@ class Task:
         """How much of the teacher the student keeps (1 = all of it); None where the task has no such ratio."""
         if self.retention == "cosine_to_teacher":  # the teacher's own cosine is 1
             return agreement.get("cosine_to_teacher")
-        if self.retention == "accuracy":
-            s, t = metrics.get("accuracy"), teacher.get("accuracy")
+        if self.retention in ("accuracy", "f1"):  # higher is better: student / teacher
+            s, t = metrics.get(self.retention), teacher.get(self.retention)
             return s / t if s is not None and t else None
         if self.retention == "perplexity":  # lower is better: teacher / student
             s, t = metrics.get("perplexity"), teacher.get("perplexity")

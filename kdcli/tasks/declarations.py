@@ -8,6 +8,7 @@ from kdcli.tasks.base import Task
 class SequenceClassification(Task):
     name = "sequence-classification"
     has_classes = True
+    text_pairs = True
     primary = ("metrics", "accuracy")
     retention = "accuracy"
     pipeline_tag = "text-classification"
@@ -61,3 +62,19 @@ class CausalLm(Task):
     pseudo = "completions"
     cache = "sparse"
     hf_class = "AutoModelForCausalLM"
+
+
+class TokenClassification(Task):
+    """One class per word (NER, BIO/IOB2 tags): the first sub-token of each word carries its tag, as
+    transformers' token-classification recipe aligns them; judged on entity-level F1 (seqeval's default)."""
+
+    name = "token-classification"
+    data = "tokens"
+    has_classes = True
+    per_token = True
+    primary = ("metrics", "f1")
+    retention = "f1"
+    pipeline_tag = "token-classification"
+    pseudo = "tags"
+    hf_class = "AutoModelForTokenClassification"
+    distilbert_class = "DistilBertForTokenClassification"

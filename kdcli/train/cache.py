@@ -69,7 +69,9 @@ class TeacherCache:
         for row, i in enumerate(indices):
             length = int(mask[row].sum()) if mask is not None else None
             item: dict[str, Tensor] = {}
-            if "logits" in needs and out.logits is not None:
+            if "logits" in needs and out.logits is not None and out.logits.dim() == 3:  # per token, no padding
+                item["token_logits"] = out.logits[row, :length]
+            elif "logits" in needs and out.logits is not None:
                 item["logits"] = out.logits[row]
             if "embedding" in needs and out.embedding is not None:
                 item["embedding"] = out.embedding[row]
@@ -86,7 +88,7 @@ class TeacherCache:
         for key, items in store.items():
             items.sort(key=lambda pair: pair[0])
             values = [v for _, v in items]
-            if key.startswith("hidden."):  # variable length: one flat table plus offsets
+            if key.startswith("hidden.") or key == "token_logits":  # variable length: one flat table plus offsets
                 lengths = torch.tensor([v.shape[0] for v in values])
                 packed[key] = {"flat": torch.cat(values), "offsets": torch.cat([torch.zeros(1, dtype=torch.long),
                                                                                  lengths.cumsum(0)])}
@@ -104,8 +106,11 @@ class TeacherCache:
                 hidden[int(key.split(".")[1])] = self._padded(value, idx, batch["input_ids"].shape[1])
             elif key.startswith("features."):
                 features[int(key.split(".")[1])] = value[idx]
+        logits = self.t["logits"][idx] if "logits" in self.t else None
+        if "token_logits" in self.t:
+            logits = self._padded(self.t["token_logits"], idx, batch["input_ids"].shape[1])
         return Outputs(
-            logits=self.t["logits"][idx].to(device) if "logits" in self.t else None,
+            logits=logits.to(device) if logits is not None else None,
             embedding=self.t["embedding"][idx].to(device) if "embedding" in self.t else None,
             hidden_states=_sparse_tuple(hidden, device), features=_sparse_tuple(features, device),
             attention_mask=batch.get("attention_mask"))

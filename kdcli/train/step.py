@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdcli.data.augment import Augment
@@ -80,7 +81,10 @@ class StudentStep(nn.Module):
         picked = cycle_indices(split.size, count, position, self.profile.train.seed)
         p_batch = to_device(split.collate(picked), device)
         logits = self.adapter.forward(self._noised(p_batch, generator), frozenset({"logits"})).logits
-        p_loss = soft_cross_entropy(logits.float(), targets[picked].to(logits.device))
+        if logits.dim() == 3:  # tagged words: the teacher's tag on each word's first sub-token, -100 elsewhere
+            p_loss = F.cross_entropy(logits.float().flatten(0, 1), p_batch["labels"].flatten(), ignore_index=-100)
+        else:
+            p_loss = soft_cross_entropy(logits.float(), targets[picked].to(logits.device))
         if not torch.isfinite(p_loss):
             raise TrainingDiverged(f"micro-batch {position + 1}: loss term 'pseudo' is {p_loss.item()}")
         return p_loss
