@@ -8,7 +8,7 @@ distilled with the sst2-classification recipe (ce 0.2 + hinton 0.8, T 2, on dev.
 --steps steps (each a labelled batch of 32 and 288 transfer sentences: transfer_ratio 9), scored again,
 and exported (`kdcli export`: onnxruntime latency at batch 1 and 32).
 
-python -m bench.sst2_prune [--work runs/bench-transfer] [--arms depth width_ffn ...] [--steps 120]
+python -m bench.sst2_prune [--work runs/bench-transfer] [--arms depth width_ffn ...] [--steps 120] [--retime]
 
 Each finished arm is appended to WORK/prune-results.jsonl and skipped on a rerun; JSON on stdout at the end.
 """
@@ -66,16 +66,31 @@ def run_arm(work: Path, teacher_path: str, arm: str, steps: int) -> dict[str, An
         kdcli("distill", profile, resumable=out / "run")
     distilled = kdcli("evaluate", profile)
     train_wall = time.perf_counter() - start
-    exported = kdcli("export", profile, "--latency-seconds", "3")
-    latency = {f"{r['model']}/{r['runtime']}/{r['batch_size']}": r["p50_ms"] for r in exported["latency"]["rows"]}
+    latency, speedup = timed(profile)
     return {"arm": arm, "init": ARMS[arm], "steps": steps, "params_non_embedding": non_embedding_params(out / "init"),
             "teacher_params_non_embedding": non_embedding_params(Path(teacher_path)),
             "pruned_accuracy": pruned["metrics"]["accuracy"], "accuracy": distilled["metrics"]["accuracy"],
-            "teacher": distilled["teacher_metrics"]["accuracy"], "p50_ms": latency,
-            "speedup_ort": exported["latency"]["speedup"].get("onnxruntime"),
+            "teacher": distilled["teacher_metrics"]["accuracy"], "p50_ms": latency, "speedup_ort": speedup,
             "train_wall_s": round(train_wall, 1), "wall_s": round(time.perf_counter() - start, 1),
             "cpu_s": round(child_cpu_s() - cpu, 1), "load_start": [round(x, 2) for x in load],
             "load_end": [round(x, 2) for x in os.getloadavg()]}
+
+
+def timed(profile: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """`kdcli export` of the distilled student: p50 per model/runtime/batch, and the onnxruntime speed-ups."""
+    exported = kdcli("export", profile, "--latency-seconds", "3")
+    latency = {f"{r['model']}/{r['runtime']}/{r['batch_size']}": r["p50_ms"] for r in exported["latency"]["rows"]}
+    return latency, exported["latency"]["speedup"].get("onnxruntime")
+
+
+def retime(work: Path, results: Path) -> None:
+    """Time every finished arm again, one after the other (for a quiet machine), and rewrite the results."""
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    for row in rows:
+        load = os.getloadavg()
+        row["p50_ms"], row["speedup_ort"] = timed(work / f"prune-{row['arm']}.yaml")
+        row["retimed_load"] = [round(x, 2) for x in (*load, *os.getloadavg())]
+    results.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def main() -> None:
@@ -83,11 +98,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/bench-transfer"))
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--retime", action="store_true", help="only time the finished arms again")
     args = parser.parse_args()
     args.work = args.work.resolve()  # profiles resolve relative paths from their own folder
     args.work.mkdir(parents=True, exist_ok=True)
     teacher_path, _ = teacher(args.work, 1.0, ALL_ROWS)
     results = args.work / "prune-results.jsonl"
+    if args.retime:
+        retime(args.work, results)
+        print(results.read_text())
+        return
     done = {row["arm"] for row in map(json.loads, results.read_text().splitlines())} if results.is_file() else set()
     for arm in args.arms:
         if arm in done:
