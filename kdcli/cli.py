@@ -396,7 +396,10 @@ def compress_cmd(
     else:
         report.render(err)
     if not report.met:
-        raise GateFailed(f"goal not met ({goal.describe()}); closest: {report.chosen or 'none measured'}",
+        shipped = next((c for c in report.candidates if c.name == report.chosen and c.trained), None)
+        verdict = (f"every trial failed the quality gate; the best, {shipped.name} (drop {shipped.drop}), is in "
+                   f"{report.output_dir}" if shipped else f"closest: {report.chosen or 'none measured'}")
+        raise GateFailed(f"goal not met ({goal.describe()}); {verdict}",
                          hint=f"{report.output_dir}/report.md lists every candidate")
 
 
