@@ -390,7 +390,7 @@ def compress_cmd(
     from kdcli.commands.compress import compress
     with Progress(err, quiet) as shown:
         report = compress(loaded, goal, max_trials=max_trials or t.max_trials, resume=resume, on_event=shown.say,
-                          latency_seconds=latency_seconds)
+                          latency_seconds=latency_seconds, on_step=_follow_steps(shown.task("distill", "step")))
     if json_:
         print_json(report.to_json())
     else:

@@ -91,3 +91,13 @@ def test_compress_without_a_speed_goal_exits_2(write_profile, bert_cls):
             "student": {"path": "student"}, "output": "out"}
     result = runner.invoke(app, ["compress", str(write_profile(spec))])
     assert result.exit_code == 2 and "--speedup" in result.output
+
+
+def test_an_embedding_teacher_gets_no_candidate_that_changes_its_width(write_profile, bert_encoder):
+    from kdcli.commands.compress import _candidates
+    from kdcli.profile import load_profile
+    spec = {"name": "e", "task": "embedding", "teacher": {"path": str(bert_encoder)},
+            "student": {"path": "student"}, "output": "out"}
+    found = _candidates(load_profile(write_profile(spec)))
+    assert found and all("hidden" not in c.init.get("prune", {}) for c in found)
+    assert {"depth-3", "ffn-half", "depth-3+ffn-half"} <= {c.name for c in found}

@@ -269,3 +269,11 @@ def test_a_pruned_vit_loads_with_timm_alone(write_profile, tmp_path, one_thread)
     assert len(student.blocks) == 3 and student.embed_dim == 24 and student.blocks[0].attn.num_heads == 2
     assert student.blocks[0].mlp.fc1.out_features == 100
     assert student(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_a_timm_cnn_is_refused_with_one_message():
+    import timm
+
+    from kdcli.errors import BadInput
+    with pytest.raises(BadInput, match="has no ViT blocks to prune"):
+        layout_of(timm.create_model("resnet10t", pretrained=False, num_classes=3))

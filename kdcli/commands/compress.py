@@ -25,6 +25,7 @@ from kdcli.commands.export import export_profile
 from kdcli.commands.init_student import init_student
 from kdcli.console import table
 from kdcli.errors import BadInput
+from kdcli.models.base import Adapter
 from kdcli.models.hf import HFAdapter
 from kdcli.models.prune import layout_of, shape_of
 from kdcli.profile import Profile, StudentInit, StudentSpec
@@ -60,7 +61,10 @@ class CompressReport:
 
 
 def compress(profile: Profile, goal: Goal, *, max_trials: int = 2, resume: bool = False,
-             on_event: Say | None = None, latency_seconds: float = 0.5) -> CompressReport:
+             on_event: Say | None = None, latency_seconds: float = 0.5,
+             on_step: Callable[[dict[str, Any]], None] | None = None) -> CompressReport:
+    """Measure the candidates, distil the biggest meeting `goal` (the next on a failed gate), ship the winner;
+    `on_event` hears each stage, `on_step` each training step."""
     say = on_event or (lambda message: None)
     work = Path(profile.output) / "compress"
     state = work / "compress.json"
@@ -75,7 +79,7 @@ def compress(profile: Profile, goal: Goal, *, max_trials: int = 2, resume: bool 
     say("candidates: " + ", ".join(f"{c.name} {c.params:,} params" for c in front(report.candidates,
                                                                                     goal.batch_sizes[0])))
     for candidate in ranked(report.candidates, goal)[:max_trials]:
-        _train(profile, candidate, work, say, goal.max_drop)
+        _train(profile, candidate, work, say, goal.max_drop, on_step)
         atomic_write_json(state, report.to_json())
         if candidate.passed:
             report.chosen, report.met = candidate.name, True
@@ -96,20 +100,22 @@ def _candidates(profile: Profile) -> list[Candidate]:
     teacher = load_teacher(profile)
     if teacher is None:
         raise BadInput("compress needs a teacher (`teacher:` in the profile)")
-    depth = teacher.cut_depth or teacher.depth
-    width = None
-    if isinstance(teacher, HFAdapter):
-        try:
-            layout, stack = layout_of(teacher.module)
-            width = shape_of(teacher.module, layout, stack).describe()
-            hidden_rule = layout.head_dim_field is None
-        except BadInput:  # a family pruning does not know: depth candidates only
-            width, hidden_rule = None, True
-    found = shapes(depth, width, heads_with_hidden=hidden_rule if width else True)
-    if teacher.task.output == "embedding" if isinstance(teacher, HFAdapter) else False:
-        for c in found:  # an embedding keeps its width: it is the model's output
-            c.init.get("prune", {}).pop("hidden", None)
+    width, sized_by_hidden = _width(teacher)
+    found = shapes(teacher.cut_depth or teacher.depth, width, heads_with_hidden=sized_by_hidden)
+    if isinstance(teacher, HFAdapter) and teacher.task.output == "embedding":
+        # an embedding keeps its width (it is what the model serves): no candidate that prunes hidden
+        found = [c for c in found if "hidden" not in c.init.get("prune", {})]
     return found
+
+
+def _width(teacher: Adapter) -> tuple[dict[str, int] | None, bool]:
+    """The teacher's per-layer sizes where pruning knows its family (None: depth candidates only), and whether
+    its heads are sized hidden / heads (then heads prune with hidden)."""
+    try:
+        layout, stack = layout_of(teacher.module)
+    except BadInput:
+        return None, True
+    return shape_of(teacher.module, layout, stack).describe(), layout.head_dim_field is None
 
 
 def _sub_profile(profile: Profile, candidate: Candidate, work: Path, output: Path | None = None) -> Profile:
@@ -157,14 +163,15 @@ def _p50(rows: list[dict[str, Any]], model: str) -> dict[int, float]:
             if r["model"] == model and r["runtime"] == "onnxruntime"}
 
 
-def _train(profile: Profile, candidate: Candidate, work: Path, say: Say, max_drop: float) -> None:
+def _train(profile: Profile, candidate: Candidate, work: Path, say: Say, max_drop: float,
+           on_step: Callable[[dict[str, Any]], None] | None) -> None:
     """Distil the candidate with the profile's losses, data and budget (resuming a stopped run), then judge it."""
     sub = _sub_profile(profile, candidate, work)
     run = Path(sub.output)
     say(f"distilling {candidate.name} ({candidate.params:,} parameters)")
     if not (run / "student" / "config.json").is_file():
         resume = (run / "checkpoints" / "last.pt").is_file()
-        distill(sub, resume=resume, force=run.is_dir() and not resume)
+        distill(sub, resume=resume, force=run.is_dir() and not resume, on_step=on_step)
     candidate.trained = True
     judged = evaluate(sub)
     candidate.score, candidate.drop = judged.primary()[1], metric_drop(judged)

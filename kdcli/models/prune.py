@@ -88,8 +88,13 @@ def _module(block: nn.Module, dotted: str) -> nn.Module | None:
 
 def layout_of(model: nn.Module) -> tuple[Layout, Stack]:
     """The family layout whose roles are all in the model's blocks, with the model's stack of blocks."""
-    timm_blocks = getattr(model, "blocks", None) if not isinstance(model, PreTrainedModel) else None
-    stack = Stack("blocks", timm_blocks) if isinstance(timm_blocks, nn.Sequential) else require_stack(model)
+    if isinstance(model, PreTrainedModel):
+        stack = require_stack(model)
+    elif isinstance(getattr(model, "blocks", None), nn.Sequential):  # timm ViT/DeiT
+        stack = Stack("blocks", model.blocks)
+    else:
+        raise BadInput(f"student.init.prune: timm {type(model).__name__} has no ViT blocks to prune",
+                       hint="prune ViT/DeiT teachers; for CNNs set student.init.architecture to a smaller arch")
     block = stack.blocks[0]
     for layout in LAYOUTS:
         linears = (layout.q, layout.k, layout.v, layout.o, layout.down, *layout.up)
