@@ -111,15 +111,24 @@ def _stopped(name: str, exc: BaseException, code: int) -> str:
 
 def _resume_hint(name: str, exc: BaseException, kwargs: dict[str, Any]) -> str | None:
     """The command that continues the job: the same one, with --resume where the command has it."""
-    if name not in ("distill", "noisy-student"):
+    if name not in ("distill", "noisy-student", "compress"):
         return "nothing was written; run the same command again"
     words = ["kdcli", name, str(kwargs.get("profile", "PROFILE"))]
     words += [f"--set {override}" for override in kwargs.get("set_") or []]
     if name == "noisy-student":
         words.append(f"--rounds {kwargs.get('rounds', 1)}")
+    if name == "compress":  # the goal given on the command line is the resumed run's goal too
+        words += _goal_options(kwargs)
     if not getattr(exc, "stopped_at", None) and name == "distill" and not kwargs.get("resume"):
         return "no step had finished: run the same command again"
     return "resume with: " + " ".join(words + ["--resume"])
+
+
+def _goal_options(kwargs: dict[str, Any]) -> list[str]:
+    words = [f"--{key.replace('_', '-')} {kwargs[key]:g}" for key in ("speedup", "latency_ms", "max_drop",
+                                                                       "max_size_mb") if kwargs.get(key) is not None]
+    words += [f"--batch {b}" for b in kwargs.get("batch") or []]
+    return words + ([f"--max-trials {kwargs['max_trials']}"] if kwargs.get("max_trials") else [])
 
 
 def _debug_traceback() -> None:
@@ -367,10 +376,12 @@ def compress_cmd(
                                                       "fall (accuracy points as a fraction; 1 - cosine for "
                                                       "embeddings). Default: target.max_drop.",
                                                       show_default=False)] = None,
-    max_size_mb: Annotated[Optional[float], typer.Option(min=0.0, help="Goal: fp32 ONNX size in MB. Default: "
-                                                         "target.max_size_mb.", show_default=False)] = None,
-    max_trials: Annotated[Optional[int], typer.Option(min=1, help="Candidates distilled before giving up. "
-                                                      "Default: target.max_trials.", show_default=False)] = None,
+    max_size_mb: Annotated[Optional[float], typer.Option(min=0.0, help="Goal: size in MB of the ONNX file served "
+                                                         "(int8 for an int8 candidate). Default: target.max_size_mb.",
+                                                         show_default=False)] = None,
+    max_trials: Annotated[Optional[int], typer.Option(min=1, help="Shapes distilled before giving up (an int8 twin "
+                                                      "shares its shape's training). Default: target.max_trials.",
+                                                      show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped compress run.")] = False,
     latency_seconds: Annotated[float, typer.Option(min=0.0, help="Least timed seconds per latency "
                                                    "measurement.")] = 0.5,

@@ -36,7 +36,7 @@ def json_printed() -> bool:
 def table(title: str, columns: list[str], rows: Iterable[Iterable[Any]]) -> Table:
     out = Table(title=title, title_justify="left")
     for i, name in enumerate(columns):
-        out.add_column(name, justify="left" if i == 0 else "right")
+        out.add_column(name, justify="left" if i == 0 else "right", overflow="fold" if i == 0 else "ellipsis")
     for row in rows:
         out.add_row(*[_fmt(v) for v in row])
     return out

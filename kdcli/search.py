@@ -1,7 +1,9 @@
 """compress's search, without torch: candidate student shapes, the goal, the Pareto front and the choice.
 
-A candidate is a student.init (layers and width pruning) that init-student builds untrained; compress measures
-its latency in onnxruntime beside the teacher's, then distils the one with the most capacity that meets the goal.
+A candidate is a student.init (layers and width pruning) that init-student builds untrained, served in fp32 or
+int8 (its twin: the same shape and training, quantized); compress measures its latency in onnxruntime beside the
+teacher's, then distils the one with the most capacity that meets the goal. Capacity is the parameters outside
+the embedding tables: a student with half the hidden size also halves its embeddings, which hold no layers.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ class Goal:
     latency_ms: float | None = None        # student p50 in onnxruntime, at every batch size
     batch_sizes: tuple[int, ...] = (1,)
     max_drop: float = 0.01                 # on the task's primary metric (points as a fraction; 1 - cosine)
-    max_size_mb: float | None = None       # the fp32 ONNX file
+    max_size_mb: float | None = None       # the ONNX file served (int8 for an int8 candidate)
 
     def describe(self) -> str:
         parts = [f"speed-up ≥ {self.speedup:g}×" if self.speedup else "",
@@ -30,7 +32,10 @@ class Goal:
 class Candidate:
     name: str
     init: dict[str, Any]                   # student.init
+    shape: str = ""                        # the folder its student is built and trained in (twins share it)
+    int8: bool = False                     # served as dynamic-int8 ONNX
     params: int | None = None
+    capacity: int | None = None            # parameters outside the embedding tables
     size_mb: float | None = None
     p50_ms: dict[int, float] = field(default_factory=dict)     # student, onnxruntime, by batch size
     speedup: dict[int, float] = field(default_factory=dict)    # teacher p50 / student p50, onnxruntime
@@ -49,9 +54,17 @@ class Candidate:
         raw["speedup"] = {int(k): v for k, v in raw.get("speedup", {}).items()}
         return cls(**raw)
 
+    def __post_init__(self) -> None:
+        self.shape = self.shape or self.name
+
     @property
     def measured(self) -> bool:
         return self.params is not None and bool(self.speedup)
+
+    @property
+    def size(self) -> int:
+        """What the choice ranks by: capacity where measured, else all parameters."""
+        return self.capacity if self.capacity is not None else (self.params or 0)
 
 
 def shapes(depth: int, width: dict[str, int] | None, heads_with_hidden: bool = True) -> list[Candidate]:
@@ -77,6 +90,12 @@ def shapes(depth: int, width: dict[str, int] | None, heads_with_hidden: bool = T
     return found
 
 
+def with_int8(candidates: list[Candidate]) -> list[Candidate]:
+    """Each candidate followed by its int8 twin (same student, quantized after training)."""
+    return [twin for c in candidates
+            for twin in (c, Candidate(f"{c.name}+int8", c.init, shape=c.shape, int8=True))]
+
+
 def meets(candidate: Candidate, goal: Goal) -> bool:
     """Whether the measured candidate meets the speed and size goal (quality is judged after training)."""
     return shortfall(candidate, goal) <= 0.0
@@ -96,20 +115,21 @@ def shortfall(candidate: Candidate, goal: Goal) -> float:
 
 
 def front(candidates: list[Candidate], batch: int) -> list[Candidate]:
-    """The Pareto front on (parameters, latency at `batch`): no other candidate is as big and faster."""
+    """The Pareto front on (capacity, latency at `batch`): no other candidate is as big and faster."""
     measured = [c for c in candidates if c.measured and batch in c.p50_ms]
 
     def dominated(c: Candidate) -> bool:
-        return any(o is not c and o.params >= c.params and o.p50_ms[batch] <= c.p50_ms[batch]  # type: ignore[operator]
-                   and (o.params > c.params or o.p50_ms[batch] < c.p50_ms[batch]) for o in measured)  # type: ignore[operator]
-    return sorted((c for c in measured if not dominated(c)), key=lambda c: -(c.params or 0))
+        return any(o is not c and o.size >= c.size and o.p50_ms[batch] <= c.p50_ms[batch]
+                   and (o.size > c.size or o.p50_ms[batch] < c.p50_ms[batch]) for o in measured)
+    return sorted((c for c in measured if not dominated(c)), key=lambda c: (-c.size, c.int8))
 
 
 def ranked(candidates: list[Candidate], goal: Goal) -> list[Candidate]:
-    """The candidates that meet the goal, the most capacity (parameters) first: the order compress trains them."""
-    return sorted((c for c in candidates if c.measured and meets(c, goal)), key=lambda c: -(c.params or 0))
+    """The candidates that meet the goal, the most capacity first (fp32 before its int8 twin): the order compress
+    judges them in."""
+    return sorted((c for c in candidates if c.measured and meets(c, goal)), key=lambda c: (-c.size, c.int8))
 
 
 def closest(candidates: list[Candidate], goal: Goal) -> Candidate | None:
     measured = [c for c in candidates if c.measured]
-    return min(measured, key=lambda c: (shortfall(c, goal), -(c.params or 0))) if measured else None
+    return min(measured, key=lambda c: (shortfall(c, goal), -c.size, c.int8)) if measured else None

@@ -64,15 +64,20 @@ def test_padding_bound_losses_are_refused(write_profile, bert_cls, sst_tiny):
         distill(load_profile(path))
 
 
+def _hinton_job(teacher, data, output: str) -> dict:
+    """A 2-layer student on logits alone, with the teacher cache on."""
+    return {"name": "c", "task": "sequence-classification", "teacher": {"path": str(teacher)},
+            "student": {"path": "init", "init": {"layers": [0, 3]}},
+            "data": {"train": str(data), "max_length": 16},
+            "distill": {"losses": [{"kind": "hinton"}]},
+            "train": {"max_steps": 3, "batch_size": 8, "lr": 1e-3, "seed": 1, "cache_teacher": True},
+            "output": output}
+
+
 def test_a_fresh_run_never_reads_an_earlier_runs_cache(write_profile, bert_cls, sst_tiny):
     """An earlier run's cache/ (its checkpoints gone, so the next run is fresh) held other losses' outputs:
     the fresh run builds its own, and trains as a run in an empty folder does."""
-    spec = {"name": "c", "task": "sequence-classification", "teacher": {"path": str(bert_cls)},
-            "student": {"path": "init", "init": {"layers": [0, 3]}},
-            "data": {"train": str(sst_tiny), "max_length": 16},
-            "distill": {"losses": [{"kind": "hinton"}]},
-            "train": {"max_steps": 3, "batch_size": 8, "lr": 1e-3, "seed": 1, "cache_teacher": True},
-            "output": "reused"}
+    spec = _hinton_job(bert_cls, sst_tiny, "reused")
     init_student(load_profile(write_profile(spec, "init.yaml")))
     distill(load_profile(write_profile(spec, "first.yaml")))
     import shutil
@@ -81,3 +86,22 @@ def test_a_fresh_run_never_reads_an_earlier_runs_cache(write_profile, bert_cls, 
     second = _run(write_profile, {**spec, "output": "reused"}, True, "reused")
     fresh = _run(write_profile, spec, True, "fresh")
     _assert_same(second, fresh, atol=1e-6)
+
+
+def test_a_cache_the_caller_vouches_for_is_kept(write_profile, bert_cls, sst_tiny):
+    """compress hands a second candidate the first one's cache (logits only: nothing a student's shape
+    chooses): with trust_cache the fresh run reads that file instead of building its own, and trains as a run
+    that built it would."""
+    import os
+    spec = _hinton_job(bert_cls, sst_tiny, "first")
+    init_student(load_profile(write_profile(spec, "init.yaml")))
+    first = _run(write_profile, spec, True, "first")
+    root = write_profile(spec, "x.yaml").parent
+    (root / "second" / "cache").mkdir(parents=True)
+    os.link(root / "first" / "cache" / "teacher-0.pt", root / "second" / "cache" / "teacher-0.pt")
+    profile = load_profile(write_profile({**spec, "output": "second"}, "second.yaml"))
+    summary = distill(profile, trust_cache=True)
+    kept = root / "second" / "cache" / "teacher-0.pt"
+    assert kept.stat().st_ino == (root / "first" / "cache" / "teacher-0.pt").stat().st_ino
+    from kdcli.commands.checkpoints import load_student
+    _assert_same(load_student(profile, summary.student).module.state_dict(), first, atol=1e-6)

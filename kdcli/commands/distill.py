@@ -52,9 +52,11 @@ class DistillResult:
 
 
 def distill(profile: Profile, *, resume: bool = False, force: bool = False,
-            on_step: OnStep | None = None) -> DistillResult:
+            on_step: OnStep | None = None, trust_cache: bool = False) -> DistillResult:
     """Train the student the profile names; writes the run folder as it goes. `force` starts over in an
-    output folder that holds an earlier run: what `Run.replaced_by_distill` lists goes, once the preflight passed."""
+    output folder that holds an earlier run: what `Run.replaced_by_distill` lists goes, once the preflight passed.
+    `trust_cache`: the caller put this teacher's outputs on this data in the run's cache/ (compress shares one
+    cache between candidates); a fresh run otherwise removes what it finds there."""
     if resume and force:
         raise BadInput("--resume continues the run in `output`, --force replaces it: pass one of them")
     # One run per output folder: a second distill there refuses (exit 2) instead of overwriting this one.
@@ -64,15 +66,16 @@ def distill(profile: Profile, *, resume: bool = False, force: bool = False,
     with session(profile.train.device) as where, run_lock(profile.output) if where.main else nullcontext():
         if force:  # refused before any model loads when the profile reads from what --force replaces
             refuse_inputs_among(Run(profile.output).replaced_by_distill(), profile.inputs())
-        return _distill(profile, where, resume, force, on_step)
+        return _distill(profile, where, resume, force, on_step, trust_cache)
 
 
-def _distill(profile: Profile, where: Session, resume: bool, force: bool, on_step: OnStep | None) -> DistillResult:
+def _distill(profile: Profile, where: Session, resume: bool, force: bool, on_step: OnStep | None,
+             trust_cache: bool = False) -> DistillResult:
     job = _prepare(profile, where)
     if force and where.main:  # only once the preflight passed: a refused job replaces nothing
         remove_owned(job.run.replaced_by_distill(), profile.inputs())
     barrier(where.world)
-    resumed = _open_run(job, resume)
+    resumed = _open_run(job, resume, trust_cache)
     if where.main:
         job.tracker = open_tracker(profile.train.report_to, job.run.root, profile.name, profile_json(profile))
     try:
@@ -155,7 +158,7 @@ def _finish(job: Job, best: float | None) -> DistillResult:
     return result
 
 
-def _open_run(job: Job, resume: bool) -> dict[str, Any] | None:
+def _open_run(job: Job, resume: bool, trust_cache: bool = False) -> dict[str, Any] | None:
     """Fresh (the lock file written, old metrics gone), or resumed from the last checkpoint.
     Every rank checks; rank 0 writes."""
     run, main = job.run, job.session.main
@@ -176,8 +179,10 @@ def _open_run(job: Job, resume: bool) -> dict[str, Any] | None:
             lock["classes"] = job.classes.to_json()
         atomic_write_text(run.lock_file, yaml.safe_dump(lock, sort_keys=False))
         run.metrics.unlink(missing_ok=True)
-        # A teacher cache holds what an earlier run's losses read: only --resume may trust it.
-        remove_owned([run.caches], job.profile.inputs())
+        # A teacher cache holds what an earlier run's losses read: only --resume (or the caller that put it
+        # there) may trust it.
+        if not trust_cache:
+            remove_owned([run.caches], job.profile.inputs())
     barrier(job.session.world)
     return None
 

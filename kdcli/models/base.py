@@ -113,6 +113,12 @@ class Adapter(ABC):
     def param_count(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 
+    def body_param_count(self) -> int:
+        """Parameters outside the embedding tables: what a layer or width cut changes (compress's capacity).
+        Tied output projections count once, with the embeddings."""
+        tables = {id(p) for m in self.module.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+        return sum(p.numel() for p in self.module.parameters() if id(p) not in tables)
+
     def to(self, device: torch.device | str) -> Adapter:
         self.module.to(device)
         return self

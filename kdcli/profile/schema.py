@@ -206,7 +206,8 @@ class TargetSpec(Strict):
     batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field([1], min_length=1)
     max_drop: float = Field(0.01, ge=0.0, le=1.0, description="primary metric: teacher minus student (1 - cosine)")
     max_size_mb: float | None = Field(None, gt=0.0)
-    max_trials: int = Field(2, ge=1, le=100, description="candidates distilled before compress gives up")
+    max_trials: int = Field(2, ge=1, le=100, description="shapes distilled before compress gives up (an int8 "
+                            "twin shares its shape's training)")
 
 
 class ExportSpec(Strict):
