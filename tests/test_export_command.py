@@ -8,6 +8,7 @@ in onnxruntime (max abs diff ~1e-8 for the BERT, ~1e-7 for resnet10t), so `--ato
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -127,7 +128,8 @@ def test_text_export_writes_everything(text_job):
     check_latency_json(latency, "seq_len", parity["shapes"][0][1], [2])
     assert latency["size_bytes"]["student"] == (out / "model.onnx").stat().st_size
     report = (out / "report.md").read_text()
-    assert report.startswith("# Export report") and "| student | onnxruntime | 2 |" in report
+    assert report.startswith("# Export report")
+    assert re.search(r"\| student( \(noisy\))? \| onnxruntime \| 2 \|", report)  # "(noisy)" on a busy machine
     assert "Parity: PASS" in report and "teacher" in report
     onnx_matches_student(text_job, text_job.parent / "run" / "student", out / "model.onnx", 1e-4)
 
@@ -231,7 +233,9 @@ def test_int8_in_the_latency_report_and_chart(text_job, tmp_path):
     assert latency["size_bytes"]["student-int8"] == (tmp_path / "model.int8.onnx").stat().st_size
     assert latency["size_bytes"]["student-int8"] < latency["size_bytes"]["student"]
     report = (tmp_path / "report.md").read_text()
-    assert "| student-int8 | onnxruntime | 2 |" in report and "teacher p50 / int8 student p50" in report
+    # a row measured while other processes competed for the CPU is flagged "(noisy)": still the int8 row
+    assert re.search(r"\| student-int8( \(noisy\))? \| onnxruntime \| 2 \|", report)
+    assert "teacher p50 / int8 student p50" in report
     assert "- student-int8:" in report and "## int8" in report
     assert (tmp_path / "latency.png").is_file()
     assert "int8 student speed-up over teacher, onnxruntime: batch 2:" in result.stderr
